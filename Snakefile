@@ -18,6 +18,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/slurm.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/model.smk"
+include: "workflow/rules/finetune.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/analysis.smk"
 
@@ -28,6 +29,14 @@ rule all:
         accuracy_table=f"{RESULTS}/tables/accuracy.csv",
         metrics=f"{RESULTS}/metrics/all.parquet",
         overlap=f"{RESULTS}/metrics/overlap.parquet",
+        # Listed as well so that a dry run shows the whole DAG before the data is sampled (the
+        # fine-tuned conditions join the tables once the fine-tuning set's size is known).
+        base_metrics=expand(f"{RESULTS}/metrics/{{model}}/{{condition}}.parquet", model=MODELS, condition=CONDITIONS),
+        adapters=expand(
+            f"{RESULTS}/finetune/{{model}}/{{method}}/checkpoints.json",
+            model=MODELS,
+            method=config.get("finetune", {}).get("methods", {}),
+        ),
         variant_figures=expand(
             f"{RESULTS}/figures/{{model}}/variants_{{shots}}shot.png",
             model=MODELS,

@@ -5,9 +5,20 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread_torch():
+    """Tiny models on a shared 2-core machine: one intra-op thread avoids spinning against other processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 SUBJECTS = ["high_school_biology", "abstract_algebra", "world_religions"]
 

@@ -26,6 +26,8 @@ def default_run(tmp_path_factory):
     config["models"]["tiny-llama"]["build"]["pretrain"]["steps"] = 40
     config["shots"] = [0, 2]
     config["variants"] = {"wrong_answers": [2]}
+    # One epoch of 8 steps, adapters at steps 1 and 8 (geomspace(1, 8, 2)) and at the epoch's end.
+    config["finetune"]["methods"]["lora"].update(epochs=1, n_checkpoints=2)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(workdir)
     assert result.returncode == 0, result.stderr[-5000:]
@@ -37,7 +39,8 @@ def test_default_chain_outputs(default_run):
     workdir, config = default_run
     results = workdir / "results"
     accuracy = pd.read_csv(results / "tables/accuracy.csv")
-    assert accuracy["condition"].tolist() == ["0shot", "2shot", "2shot-wrong_answers"]
+    finetuned = ["ft-lora-step1", "ft-lora-step8", "ft-lora-epoch1"]
+    assert accuracy["condition"].tolist() == ["0shot", "2shot", "2shot-wrong_answers", *finetuned]
     assert (accuracy["model"] == "tiny-llama").all()
     assert (accuracy["n"] == 6 * 100).all() and accuracy["micro"].between(0, 1).all()
 
@@ -50,10 +53,22 @@ def test_default_chain_outputs(default_run):
     # Shots from the query's own subject make the last-token representations cluster by subject.
     assert ari["2shot"] > ari["0shot"] + 0.2
 
-    overlap = pd.read_parquet(results / "metrics/overlap.parquet")
-    assert set(overlap["condition_a"]) | set(overlap["condition_b"]) == {"0shot", "2shot", "2shot-wrong_answers"}
+    assert set(metrics["condition"]) == set(accuracy["condition"])
+    # The all-token sample's local ID, on the configured layers only.
+    token_layers = metrics.loc[metrics["metric"] == "token_local_id_mean", "layer"]
+    assert sorted(token_layers.unique()) == config["extraction"]["token_sample"]["layers"]
+    assert metrics.loc[metrics["metric"] == "token_local_id_mean", "value"].between(1, 128).all()
 
-    for rule in ("generate_dataset", "sample", "build_model", "prompts", "extract", "analyze", "accuracy_table"):
+    # The step-8 and epoch-1 adapters are the same weights: their representations coincide.
+    overlap = pd.read_parquet(results / "metrics/overlap.parquet")
+    assert set(overlap["condition_a"]) | set(overlap["condition_b"]) == set(accuracy["condition"])
+    same = overlap[(overlap["condition_a"] == "ft-lora-step8") & (overlap["condition_b"] == "ft-lora-epoch1")]
+    assert len(same) == n_layers and (same["value"].dropna() == 1).all()
+    train_log = pd.read_csv(results / "finetune/tiny-llama/lora/train_log.csv")
+    assert train_log["step"].tolist() == list(range(1, 9))
+
+    for rule in ("generate_dataset", "sample", "build_model", "finetune", "prompts", "extract", "analyze",
+                 "accuracy_table"):
         assert list((results / "logs").glob(f"{rule}*")), rule
         assert list((results / "benchmarks").glob(f"{rule}*")), rule
 

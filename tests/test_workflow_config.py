@@ -22,7 +22,7 @@ def dry_run(*args, cwd=ROOT):
 def test_dry_run(configfile, tmp_path):
     result = dry_run("--configfile", str(ROOT / configfile), cwd=tmp_path)
     assert result.returncode == 0, result.stderr + result.stdout
-    assert "extract" in result.stdout and "prompts" in result.stdout
+    assert "extract" in result.stdout and "prompts" in result.stdout and "finetune" in result.stdout
 
 
 def test_paper_config_runs_the_reference_protocol():
@@ -56,3 +56,37 @@ def test_config_errors_name_nested_keys():
         "extraction.hook: 'attention' is not one of ['block_input_norm', 'residual']",
         "models.tiny-llama.build.architecture.num_layers: 'four' is not of type 'integer'",
     ]
+
+
+def test_bad_finetune_params_stop_the_run_naming_the_method(tmp_path):
+    import yaml
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    config["finetune"]["methods"]["lora"]["lr"] = -1
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    result = dry_run("--configfile", str(tmp_path / "bad.yaml"), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "finetune.methods.lora: fine-tuning param lr=-1: expected a positive number" in result.stderr + result.stdout
+
+
+def test_fine_tuned_conditions_join_the_dag_once_the_data_is_sampled(tmp_path):
+    """After `sample` (a checkpoint), every adapter is a condition: extracted with 0-shot prompts and analysed."""
+    import yaml
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    config["finetune"]["methods"] = {"lora": {"epochs": 2}, "prompt_tuning": {"epochs": 1, "n_checkpoints": 3}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    # A fine-tuning set of 40 rows: 3 steps an epoch at an effective batch of 16.
+    data = tmp_path / "results/data"
+    data.mkdir(parents=True)
+    import pandas as pd
+    frame = pd.DataFrame({"question_id": [f"dev/s/{i:05d}" for i in range(40)]})
+    for name in ("questions", "analysis_subset", "finetune_set"):
+        frame.to_parquet(data / f"{name}.parquet")
+    result = dry_run("--configfile", str(tmp_path / "config.yaml"), "-p", "results/tables/accuracy.csv", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = [*(f"ft-lora-step{n}" for n in range(1, 7)),
+                "ft-lora-epoch1", "ft-lora-epoch2", "ft-prompt_tuning-step1", "ft-prompt_tuning-step2",
+                "ft-prompt_tuning-step3", "ft-prompt_tuning-epoch1"]
+    for condition in expected:
+        assert f"results/extract/tiny-llama/{condition}.accuracy.parquet" in result.stdout, condition
+    assert "--adapter results/finetune/tiny-llama/prompt_tuning/checkpoints/step2" in result.stdout
+    assert "results/prompts/tiny-llama/0shot.parquet" in result.stdout

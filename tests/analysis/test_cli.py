@@ -41,6 +41,7 @@ def store(monkeypatch, mixture_data):
         return data[group][layer]
     monkeypatch.setattr(repgeom.store, "read_layer", read_layer, raising=False)
     monkeypatch.setattr(repgeom.store, "n_layers", lambda path, group: len(data[group]), raising=False)
+    monkeypatch.setattr(repgeom.store, "group_attrs", lambda path, group: {}, raising=False)
     return data, calls
 
 
@@ -159,5 +160,6 @@ def test_store_errors_are_reported_in_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(repgeom.store, "StoreError", FakeStoreError, raising=False)
     monkeypatch.setattr(repgeom.store, "read_layer", read_layer, raising=False)
     monkeypatch.setattr(repgeom.store, "n_layers", lambda path, group: 2, raising=False)
+    monkeypatch.setattr(repgeom.store, "group_attrs", lambda path, group: {}, raising=False)
     assert main(["layers", "--store", "s.zarr", "--group", "m/c", "--out", str(tmp_path / "o.parquet")]) == 1
     assert "group 'm/c' of 's.zarr' is incomplete" in capsys.readouterr().err

@@ -48,3 +48,16 @@ def test_local_id_needs_enough_neighbours(sphere5):
     dist, ind = knn(sphere5[:300], 50)
     with pytest.raises(ValueError, match="needs at least 128 neighbours"):
         local_twonn(sphere5[:300], dist, ind, 128)
+
+
+def test_token_sample_local_id_drops_duplicates_and_equals_skdim(sphere5):
+    """The all-token sample's local ID: exact repeats (a token seen in many prompts) are removed first."""
+    from repgeom.analysis.layer import token_local_id_rows
+
+    X = sphere5[:500, :128]
+    with_repeats = np.concatenate([X, X[:50]])
+    rows = {r["metric"]: r["value"] for r in token_local_id_rows(with_repeats, {"local_id_neighbors": 64})}
+    assert rows["token_n_points"] == 500 and rows["token_n_duplicates"] == 50
+    expected = skdim_local_id(X, 64)
+    assert rows["token_local_id_mean"] == pytest.approx(expected.mean(), abs=1e-8)
+    assert rows["token_local_id_q50"] == pytest.approx(np.quantile(expected, 0.5), abs=1e-8)

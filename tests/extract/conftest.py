@@ -163,11 +163,3 @@ def extract_group(model_dir, prompts_file, out_dir, adapter=None, **settings):
 def extract():
     return extract_group
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread_torch():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids spinning against other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

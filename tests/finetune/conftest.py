@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[2] / "config" / "deepspeed"
 ZERO2, ZERO3 = DEEPSPEED_CONFIGS / "zero2.json", DEEPSPEED_CONFIGS / "zero3.json"
@@ -46,15 +45,6 @@ def run_cli(*args, env_extra=None, launcher=(), timeout=300):
         env.pop(name, None)
     command = [*launcher, "-m", "repgeom.finetune"] if launcher else [sys.executable, "-m", "repgeom.finetune"]
     return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread_torch():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids spinning against other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -58,9 +58,9 @@ def test_paper_extraction_gpus(tmp_path, configfile, model, gpus):
     assert extract and all(j["resources"]["gpu"] == gpus for j in extract)
     assert all(j["resources"]["slurm_partition"] == "a100" for j in extract)
     if configfile == PAPER_70B:
-        # The reference fine-tunes 70B on 8 GPUs; checked once the fine-tuning rules map it.
-        finetune = [j for j in jobs if j["rule"].startswith("finetune")]
-        assert all(j["resources"]["gpu"] == 8 for j in finetune)
+        # The reference fine-tunes 70B on 8 GPUs, and the layers of its 5-GPU extraction are sharded.
+        finetune = [j for j in jobs if j["rule"] == "finetune"]
+        assert finetune and all(j["resources"]["gpu"] == 8 for j in finetune)
 
 
 @pytest.mark.parametrize("configfile", [None, PAPER_8B, PAPER_70B], ids=["default", "8b", "70b"])
@@ -192,3 +192,17 @@ def test_local_profile_never_runs_more_gpu_jobs_than_gpus(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     spans = sorted(tuple(map(float, (tmp_path / f"done/{i}.txt").read_text().split())) for i in range(3))
     assert spans[0][1] > spans[1][0], "with 3 GPUs they overlap"
+
+
+def test_analysis_memory_is_sized_from_n_d_and_maxk(tmp_path):
+    """Analysis jobs ask for what one layer needs (N prompts x D, maxk neighbours), the map's value being a floor."""
+    from repgeom.analysis.params import layer_memory_mb
+
+    config = yaml.safe_load(PAPER_70B.read_text())
+    jobs = dry_run(tmp_path, PAPER_70B)
+    analysis = [j for j in jobs if j["rule"] == "analyze_layers"]
+    # At most 200 of MMLU's 14,042 test questions for each of 57 subjects; the token sample is larger.
+    n_points = max(57 * 200, config["extraction"]["token_sample"]["size"])
+    expected = layer_memory_mb(n_points, 8192, config["analysis"]["params"])
+    assert expected > config["hardware"]["jobs"]["analyze"]["mem_mb"]
+    assert analysis and {j["resources"]["mem_mb"] for j in analysis} == {expected}

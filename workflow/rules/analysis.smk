@@ -44,12 +44,16 @@ rule condition_metrics:
 
 rule data_overlap:
     input:
-        lambda wc: expand(f"{RESULTS}/extract/{wc.model}/{{condition}}.accuracy.parquet", condition=CONDITIONS),
+        lambda wc: expand(
+            f"{RESULTS}/extract/{wc.model}/{{condition}}.accuracy.parquet", condition=conditions(wc.model)
+        ),
     output:
         f"{RESULTS}/metrics/{{model}}/overlap.parquet",
     params:
         store=f"{RESULTS}/activations.zarr",
-        groups=lambda wc: " ".join(f"{wc.model}/{c}" for c in CONDITIONS),
+        groups=lambda wc, input: " ".join(
+            f"{wc.model}/{Path(path).name.removesuffix('.accuracy.parquet')}" for path in input
+        ),
         k=config["analysis"]["params"].get("overlap_k", 30),
     threads: job_threads("analyze")
     resources:
@@ -67,7 +71,9 @@ rule data_overlap:
 
 rule run_metrics:
     input:
-        expand(f"{RESULTS}/metrics/{{model}}/{{condition}}.parquet", model=MODELS, condition=CONDITIONS),
+        lambda wc: [
+            f"{RESULTS}/metrics/{model}/{condition}.parquet" for model in MODELS for condition in conditions(model)
+        ],
     output:
         f"{RESULTS}/metrics/all.parquet",
     threads: job_threads("merge")

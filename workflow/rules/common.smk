@@ -4,7 +4,12 @@ from snakemake.exceptions import WorkflowError
 from pathlib import Path
 
 
+from repgeom.conditions import CONDITION_PATTERN, finetuned_condition, parse_condition
+from repgeom.analysis.params import layer_memory_mb
 from repgeom.config import config_errors
+from repgeom.data.synthetic import SUBJECT_AREAS as GENERATED_SUBJECTS
+from repgeom.finetune.params import FinetuneError, default_params, parse_params
+from repgeom.finetune.plan import checkpoint_steps
 
 _problems = config_errors(config, workflow.source_path("../../config/schema.yaml"))
 if _problems:
@@ -19,7 +24,8 @@ CONDITIONS = BASE_CONDITIONS + VARIANT_CONDITIONS
 
 wildcard_constraints:
     model="|".join(MODELS),
-    condition=r"\d+shot(-[a-z_]+)?",
+    condition=CONDITION_PATTERN,
+    method="[a-z_]+",
     layers=r"\d+-\d+",
     shots=r"\d+",
 
@@ -31,10 +37,18 @@ def _job_spec(kind, wildcards):
     return hardware["models"].get(getattr(wildcards, "model", None), {}).get(kind, spec)
 
 
+def _mapped(kind, key, wildcards):
+    """The hardware map's value; an analysis job asks at least what its layer needs (sized from N, D, maxk)."""
+    value = _job_spec(kind, wildcards)[key]
+    if kind == "analyze" and key == "mem_mb" and hasattr(wildcards, "model"):
+        value = max(value, analysis_memory_mb(wildcards.model))
+    return value
+
+
 def _grown(kind, key):
     """Memory or runtime for an attempt: attempt n asks retry_growth**(n-1) times the mapped value."""
     growth = config["hardware"]["retry_growth"]
-    return lambda wildcards, attempt: int(_job_spec(kind, wildcards)[key] * growth ** (attempt - 1))
+    return lambda wildcards, attempt: int(_mapped(kind, key, wildcards) * growth ** (attempt - 1))
 
 
 def job_resources(kind):
@@ -123,3 +137,125 @@ def layer_blocks(model):
     """`first-last` spans of `analysis.layers_per_job` layers: one analysis job each."""
     step, n = config["analysis"]["layers_per_job"], stored_layers(model)
     return [f"{first}-{min(first + step, n) - 1}" for first in range(0, n, step)]
+
+
+def finetune_params(method):
+    """A method's hyperparameters: the reference values of the size class, overridden by the config."""
+    section = config["finetune"]
+    return {**default_params(section["size_class"], method), **section["methods"][method], "method": method}
+
+
+for _method in config.get("finetune", {}).get("methods", {}):
+    try:
+        parse_params(finetune_params(_method))
+    except FinetuneError as _err:
+        raise WorkflowError(f"invalid config:\n  finetune.methods.{_method}: {_err}")
+
+
+def finetune_folder(model, method):
+    return f"{RESULTS}/finetune/{model}/{method}"
+
+
+def deepspeed_config_path():
+    """finetune.deepspeed, a relative path being relative to the workflow's folder (where config/deepspeed is)."""
+    path = Path(config["finetune"]["deepspeed"])
+    return str(path if path.is_absolute() else Path(workflow.basedir) / path)
+
+
+def finetune_rows():
+    """Rows of the fine-tuning set: known once `sample` has run (a checkpoint), since it depends on the data."""
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(checkpoints.sample.get().output.finetune).num_rows
+
+
+def finetuned_steps(model):
+    """Condition `ft-{method}-{checkpoint}` -> optimizer steps done, for every adapter the config trains."""
+    methods = config.get("finetune", {}).get("methods", {})
+    if not methods:
+        return {}
+    n_rows = finetune_rows()
+    return {
+        finetuned_condition(method, name): step
+        for method in methods
+        for name, step in checkpoint_steps(n_rows, finetune_params(method)).items()
+    }
+
+
+def conditions(model):
+    """Every condition of a model: k-shot, prompt controls, and (once the data is sampled) each checkpoint."""
+    return CONDITIONS + list(finetuned_steps(model))
+
+
+def extract_inputs(wildcards):
+    """A fine-tuned condition reads the 0-shot prompts and waits for its training run."""
+    condition = parse_condition(wildcards.condition)
+    prompts = "0shot" if condition.is_finetuned else wildcards.condition
+    inputs = {
+        "prompts": f"{RESULTS}/prompts/{wildcards.model}/{prompts}.parquet",
+        "model": model_input(wildcards),
+    }
+    if condition.is_finetuned:
+        inputs["adapters"] = f"{finetune_folder(wildcards.model, condition.method)}/checkpoints.json"
+    return inputs
+
+
+def adapter_option(wildcards):
+    condition = parse_condition(wildcards.condition)
+    if not condition.is_finetuned:
+        return ""
+    return f"--adapter {finetune_folder(wildcards.model, condition.method)}/checkpoints/{condition.checkpoint}"
+
+
+def extraction_parallel(model):
+    """How an extraction uses several GPUs: `data` (a rank per GPU, each a whole model, rows split),
+    `device_map` (one process, layers sharded over the GPUs) or `zero3` (DeepSpeed ZeRO-3 over ranks)."""
+    return config["models"][model].get("extraction_parallel", config["extraction"]["parallel"])
+
+
+def extraction_ranks(wildcards, resources):
+    """Processes the launcher starts: one per GPU, except a device map's single process."""
+    return 1 if extraction_parallel(wildcards.model) == "device_map" else resources.gpu
+
+
+def extraction_parallel_option(wildcards, resources):
+    mode = extraction_parallel(wildcards.model)
+    if resources.gpu <= 1 or mode == "data":
+        return ""
+    if mode == "device_map":
+        return "--device-map auto"
+    return f"--zero3 {Path(workflow.basedir) / 'config/deepspeed/zero3.json'}"
+
+
+MMLU_SUBJECTS, MMLU_TEST_ROWS = 57, 14042
+
+
+def analysis_points(model):
+    """An upper bound on the points of one layer's analysis, from the config (the data is not read yet)."""
+    cap = config["sampling"]["max_per_subject"]
+    generate = config["dataset"].get("generate")
+    if generate:
+        prompts = len(GENERATED_SUBJECTS) * min(cap, generate["n_test"])
+    else:
+        prompts = min(MMLU_SUBJECTS * cap, MMLU_TEST_ROWS)
+    # The token sample's local ID is analysed in the same job.
+    return max(prompts, config["extraction"].get("token_sample", {}).get("size", 0))
+
+
+def hidden_size(model):
+    entry = config["models"][model]
+    return entry["build"]["architecture"]["hidden_size"] if "build" in entry else entry.get("hidden_size")
+
+
+def analysis_memory_mb(model):
+    """Memory of one analysis job: a layer at a time, sized from N, D and maxk (0 when D is not given)."""
+    dim = hidden_size(model)
+    return layer_memory_mb(analysis_points(model), dim, config["analysis"]["params"]) if dim else 0
+
+
+def token_sample_option(wildcards):
+    sample = config["extraction"].get("token_sample")
+    if not sample:
+        return ""
+    layers = ",".join(map(str, sample["layers"]))
+    return f"--token-sample-layers {layers} --token-sample-size {sample['size']} --seed {config['sampling']['seed']}"

@@ -18,7 +18,7 @@ if dataset_folder():
             "python -m repgeom.data generate --out {output} --params-json {params.generate:q} > {log} 2>&1"
 
 
-rule sample:
+checkpoint sample:
     input:
         dataset=dataset_folder() or [],
     output:

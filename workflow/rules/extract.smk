@@ -1,7 +1,6 @@
 rule extract:
     input:
-        prompts=f"{RESULTS}/prompts/{{model}}/{{condition}}.parquet",
-        model=model_input,
+        unpack(extract_inputs),
     output:
         # The zarr group is written in place and left undeclared, so that a killed job resumes
         # from its completed chunks instead of Snakemake deleting them; this table comes last.
@@ -11,6 +10,10 @@ rule extract:
         model=lambda wc: model_spec(wc.model),
         max_length=lambda wc: config["models"][wc.model]["max_length"],
         extraction=config["extraction"],
+        adapter=adapter_option,
+        parallel=extraction_parallel_option,
+        ranks=extraction_ranks,
+        token_sample=token_sample_option,
     threads: job_threads("extract")
     resources:
         **job_resources("extract"),
@@ -21,21 +24,22 @@ rule extract:
     conda:
         "../envs/torch.yaml"
     shell:
-        "python -m repgeom.extract --model {params.model:q} --prompts {input.prompts}"
+        "python -m repgeom.launch --gpus {params.ranks} --cpus {threads} --"
+        " python -m repgeom.extract --model {params.model:q} --prompts {input.prompts} {params.adapter}"
         " --store {params.store} --group {wildcards.model}/{wildcards.condition}"
         " --accuracy-out {output.accuracy} --hook {params.extraction[hook]}"
         " --store-dtype {params.extraction[store_dtype]} --model-dtype {params.extraction[model_dtype]}"
         " --max-batch-tokens {params.extraction[max_batch_tokens]} --max-length {params.max_length}"
-        " > {log} 2>&1"
+        " {params.token_sample} {params.parallel} > {log} 2>&1"
 
 
 rule accuracy_table:
     input:
-        expand(
-            f"{RESULTS}/extract/{{model}}/{{condition}}.accuracy.parquet",
-            model=MODELS,
-            condition=CONDITIONS,
-        ),
+        lambda wc: [
+            f"{RESULTS}/extract/{model}/{condition}.accuracy.parquet"
+            for model in MODELS
+            for condition in conditions(model)
+        ],
     output:
         f"{RESULTS}/tables/accuracy.csv",
     threads: job_threads("accuracy_table")

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from repgeom.analysis.geometry import data_overlap
 from repgeom.analysis.neighbors import deduplicate, knn
-from repgeom.analysis.layer import AnalysisInputError, analyze_layer, validate_representation
+from repgeom.analysis.layer import AnalysisInputError, analyze_layer, token_local_id_rows, validate_representation
 from repgeom.analysis.params import AnalysisParams
 from repgeom.io import write_parquet
 
@@ -43,6 +43,18 @@ def _read_layer(store: str, group: str, layer: int) -> tuple[np.ndarray, pd.Data
 def _n_layers(store: str, group: str) -> int:
     from repgeom import store as activation_store
     return activation_store.n_layers(store, group)
+
+
+def _token_sample_layers(store: str, group: str) -> list[int]:
+    """Layers with an all-token sample (the extraction's --token-sample-layers), as store layer indices."""
+    from repgeom import store as activation_store
+    sample = activation_store.group_attrs(store, group).get("token_sample") or {}
+    return sample.get("layers", [])
+
+
+def _read_token_sample(store: str, group: str, layer: int) -> tuple[np.ndarray, pd.DataFrame]:
+    from repgeom import store as activation_store
+    return activation_store.read_token_sample(store, group, layer)
 
 
 def _store_errors() -> tuple[type[Exception], ...]:
@@ -94,6 +106,9 @@ def cmd_layers(args) -> None:
         rows = analyze_layer(X, meta, params, layer=layer, device=args.device, timings=timings)
         log.info("%s layer %d: %d x %d analysed in %.1f s (%s)", args.group, layer, *np.shape(X), sum(timings.values()),
                  ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in timings.items()))
+        if layer in _token_sample_layers(args.store, args.group):
+            tokens, _ = _read_token_sample(args.store, args.group, layer)
+            rows += token_local_id_rows(tokens, params, layer=layer, device=args.device)
         frames.append(pd.DataFrame(rows).assign(layer=layer))
     table = pd.concat(frames, ignore_index=True).assign(model=args.model or model,
                                                         condition=args.condition or condition)

@@ -170,13 +170,29 @@ def _cluster_rows(data, labels: pd.DataFrame, p: AnalysisParams, density_id: flo
     return rows
 
 
-def _local_id_rows(X, dist, ind, p: AnalysisParams) -> list[dict]:
+def token_local_id_rows(X: np.ndarray, params: AnalysisParams | dict | None = None, *, layer: int | None = None,
+                        device=None) -> list[dict]:
+    """Local ID ("Less is More") of a layer's all-token sample [S, D]: `token_local_id_*` rows, on the distinct
+    tokens (duplicates removed first, as for the last-token rows)."""
+    p = AnalysisParams.coerce(params)
+    X = validate_representation(X, f"token sample of layer {layer}")
+    X, _, n_removed = deduplicate(X)
+    rows = [_row("token_n_points", len(X)), _row("token_n_duplicates", n_removed)]
+    width = min(len(X) - 1, p.local_id_neighbors)
+    if width < 2:
+        return rows + _nan_rows([(f"token_local_id_{s}", p.local_id_neighbors) for s in LOCAL_ID_STATS],
+                                f"only {len(X)} distinct tokens")
+    dist, ind = knn(X, width, device=device)
+    return rows + _local_id_rows(X, dist, ind, p, prefix="token_local_id_")
+
+
+def _local_id_rows(X, dist, ind, p: AnalysisParams, prefix: str = "local_id_") -> list[dict]:
     L = p.local_id_neighbors
-    specs = [(f"local_id_{s}", L) for s in LOCAL_ID_STATS]
+    specs = [(f"{prefix}{s}", L) for s in LOCAL_ID_STATS]
     if ind.shape[1] - 1 < L:
         return _nan_rows(specs, f"needs {L + 1} distinct points, has {len(X)}")
     stats = summarize(local_twonn(X, dist, ind, L, p.local_id_discard))
-    return [_row(metric, stats[metric.removeprefix("local_id_")], scale) for metric, scale in specs]
+    return [_row(metric, stats[metric.removeprefix(prefix)], scale) for metric, scale in specs]
 
 
 def _probe_rows(X, labels: pd.DataFrame, p: AnalysisParams) -> list[dict]:

@@ -47,3 +47,17 @@ class AnalysisParams:
         if unknown:
             raise ValueError(f"unknown analysis parameter(s) {unknown}; known: {sorted(known)}")
         return cls(**params)
+
+
+# Resident memory of an analysis process before any data (python, torch, DADApy, sklearn).
+BASE_MEMORY_MB = 1000
+
+
+def layer_memory_mb(n_points: int, dim: int, params: AnalysisParams | Mapping | None = None) -> int:
+    """Peak memory of one layer's analysis, an upper bound for sizing its job: the layer in float32 and its
+    float64 copy, and the neighbour distances and indices (float64 + int64) that DADApy copies about three
+    times over (distances, neighbour ranks, the density and clustering work arrays)."""
+    p = AnalysisParams.coerce(params)
+    k = max(p.maxk, p.local_id_neighbors) + 1
+    bytes_needed = n_points * dim * (4 + 8) + n_points * k * 16 * 4
+    return BASE_MEMORY_MB + -(-bytes_needed // 2**20)

@@ -1,0 +1,27 @@
+"""Sizing analysis jobs: the memory the workflow asks for covers a real layer's analysis."""
+
+
+def test_layer_memory_bounds_a_real_analysis():
+    """The job size the workflow asks for covers the peak memory of analysing one layer."""
+    import subprocess
+    import sys
+
+    from repgeom.analysis.params import layer_memory_mb
+
+    n, d, params = 3000, 512, {"maxk": 200, "range_max": 64, "local_id_neighbors": 64, "probe_pca_dim": 32}
+    script = f"""
+import resource, numpy as np, pandas as pd
+from repgeom.analysis import analyze_layer
+rng = np.random.default_rng(0)
+X = rng.normal(size=({n}, {d})).astype(np.float32)
+labels = pd.DataFrame({{"subject": rng.integers(0, 6, {n}).astype(str), "gold": rng.integers(0, 4, {n}).astype(str)}})
+analyze_layer(X, labels, {params!r})
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                            env={"OMP_NUM_THREADS": "1", "PATH": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    peak_mb = int(result.stdout.split()[-1])
+    estimate = layer_memory_mb(n, d, params)
+    assert peak_mb <= estimate, (peak_mb, estimate)
+    assert layer_memory_mb(2 * n, d, params) > estimate

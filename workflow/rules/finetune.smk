@@ -1,0 +1,28 @@
+rule finetune:
+    input:
+        train=rules.sample.output.finetune,
+        model=model_input,
+    output:
+        # The run's folder (adapters, log, resumable state) is written in place and left undeclared,
+        # so that a killed run resumes instead of Snakemake deleting it; this list comes last.
+        f"{RESULTS}/finetune/{{model}}/{{method}}/checkpoints.json",
+    params:
+        out=lambda wc: finetune_folder(wc.model, wc.method),
+        model=lambda wc: model_spec(wc.model),
+        params=lambda wc: as_json(finetune_params(wc.method)),
+        deepspeed=lambda wc: deepspeed_config_path(),
+        model_dtype=lambda wc: config["finetune"]["model_dtype"],
+    threads: job_threads("finetune")
+    resources:
+        **job_resources("finetune"),
+    log:
+        f"{RESULTS}/logs/finetune/{{model}}/{{method}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/finetune/{{model}}/{{method}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        "python -m repgeom.launch --gpus {resources.gpu} --cpus {threads} --"
+        " python -m repgeom.finetune --model {params.model:q} --train {input.train} --out {params.out}"
+        " --params-json {params.params:q} --deepspeed {params.deepspeed:q} --model-dtype {params.model_dtype}"
+        " > {log} 2>&1"
