@@ -14,6 +14,9 @@ if not workflow.overwrite_configfiles:
     configfile: os.path.join(workflow.basedir, "config/config.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/slurm.smk"
 include: "workflow/rules/data.smk"
@@ -37,6 +40,7 @@ rule all:
             model=MODELS,
             method=config.get("finetune", {}).get("methods", {}),
         ),
+        figures=expand(f"{RESULTS}/figures/{{model}}/{{name}}.png", model=MODELS, name=FIGURE_NAMES),
         variant_figures=expand(
             f"{RESULTS}/figures/{{model}}/variants_{{shots}}shot.png",
             model=MODELS,

@@ -28,7 +28,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from repgeom.extract.batching import length_batches, pad_batch, position_ids
-from repgeom.extract.distributed import RankInfo
+from repgeom.distributed import RankInfo
 from repgeom.extract.hooks import find_hook_points
 from repgeom.extract.model_setup import ExtractionModel
 from repgeom.extract.run import DEFAULT_BATCH_TOKENS, ExtractionSettings, extract_rank_share

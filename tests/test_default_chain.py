@@ -104,3 +104,75 @@ def test_real_layer_agrees_with_dadapy(default_run):
     assert rows[("label_overlap_subject", None)] == pytest.approx(reference["label_overlap_subject"], rel=1e-12)
     subjects = labels.iloc[kept]["subject"].to_numpy()
     assert rows[("ari_subject", None)] == pytest.approx(adjusted_rand_score(subjects, reference["clusters"]), abs=1e-12)
+
+
+@pytest.mark.slow
+def test_figures_and_report(default_run):
+    """The paper's figure set per model, and an HTML report that holds them with captions stating the settings."""
+    from repgeom.plots import FIGURE_NAMES
+
+    workdir, config = default_run
+    figures = workdir / "results/figures/tiny-llama"
+    for name in FIGURE_NAMES:
+        png = (figures / f"{name}.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 10_000, name
+    report = workdir / "report.html"
+    result = snakemake(workdir, "--report", str(report))
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = report.read_text()
+    for name in FIGURE_NAMES:
+        assert f"{name}.png" in html, name
+    assert f"maxk = {config['analysis']['params']['maxk']}" in html
+
+
+def audit(workdir, *args):
+    return subprocess.run([str(Path(VENV_BIN) / "repgeom"), "audit", "results", *args], cwd=workdir,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_audit_of_the_real_run(default_run, tmp_path):
+    """A clean run audits clean; a changed chunk, adapter, prompts file or config is caught and named."""
+    workdir, config = default_run
+    results = workdir / "results"
+    clean = audit(workdir)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+
+    trace = subprocess.run([str(Path(VENV_BIN) / "repgeom"), "audit", "--trace", "results/figures/tiny-llama/ari.png"],
+                           cwd=workdir, capture_output=True, text=True, timeout=600)
+    assert trace.returncode == 0, trace.stderr
+    for step in ("model_figures", "run_metrics", "analyze_layers", "extract", "finetune", "prompts", "sample",
+                 "build_model", "generate_dataset"):
+        assert step in trace.stdout, step
+
+    def caught(path, change, expected):
+        before = path.read_bytes()
+        change(path)
+        try:
+            result = audit(workdir)
+            assert result.returncode == 1, result.stdout
+            assert any(line.startswith(expected) for line in result.stdout.splitlines()), (expected, result.stdout)
+        finally:
+            path.write_bytes(before)
+
+    def flip_byte(path):
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+
+    chunk = next(p for p in sorted((results / "activations.zarr/tiny-llama/2shot/reps").rglob("*")) if p.is_file()
+                 and p.name != "zarr.json")
+    caught(chunk, flip_byte, "TAMPERED results/activations.zarr/tiny-llama/2shot")
+    adapter = results / "finetune/tiny-llama/lora/checkpoints/step1/adapter_model.safetensors"
+    caught(adapter, lambda p: p.write_bytes((p.parent.parent / "epoch1/adapter_model.safetensors").read_bytes()),
+           "TAMPERED results/finetune/tiny-llama/lora/checkpoints/step1")
+    prompts = results / "prompts/tiny-llama/2shot.parquet"
+    caught(prompts, lambda p: p.unlink(), "MISSING results/prompts/tiny-llama/2shot.parquet")
+
+    edited = yaml.safe_load((workdir / "config.yaml").read_text())
+    edited["analysis"]["params"]["Z"] = 2.0
+    (tmp_path / "edited.yaml").write_text(yaml.safe_dump(edited))
+    stale = audit(workdir, "--config", str(tmp_path / "edited.yaml"), "--schema", str(ROOT / "config/schema.yaml"))
+    assert stale.returncode == 1
+    assert "config key analysis.params.Z changed (recorded 1.6" in stale.stdout, stale.stdout
+    assert audit(workdir).returncode == 0

@@ -8,8 +8,6 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-import pandas as pd
-
 
 @contextmanager
 def atomic_path(path: str | Path):
@@ -29,7 +27,8 @@ def atomic_path(path: str | Path):
             os.unlink(tmp)
 
 
-def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
+def write_parquet(frame, path: str | Path) -> None:
+    """A pandas DataFrame as parquet (pandas is not imported here: the provenance wrapper uses this module)."""
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
 
@@ -37,3 +36,17 @@ def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
 def write_json(obj, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_parquet_table(path: str | Path, what: str, error: type[Exception]):
+    """The parquet file at `path` as a DataFrame, or `error` naming the file (as `what`) if it is missing or
+    unreadable, rather than pyarrow's own exception."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} {str(path)!r} does not exist")
+    try:
+        return pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types for a file that is not parquet
+        raise error(f"{what} {str(path)!r} is not a readable parquet file: {err}") from err

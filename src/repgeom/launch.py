@@ -27,7 +27,7 @@ TORCHRUN = ("-m", "torch.distributed.run")
 
 
 class LaunchError(ValueError):
-    """The GPU count or the command cannot be used."""
+    """The GPU count, the command, or the rank variables and rendezvous settings a rank reads cannot be used."""
 
 
 def visible_devices(value: str | None) -> int | None:

@@ -7,7 +7,7 @@ import torch
 
 from repgeom.extract import accuracy_summary, read_accuracy_metadata
 from repgeom.extract.accuracy import write_accuracy
-from repgeom.extract.distributed import LaunchError, RankInfo, init_process_group, rank_info_from_env
+from repgeom.distributed import LaunchError, RankInfo, init_process_group, rank_info_from_env
 
 
 def frame():

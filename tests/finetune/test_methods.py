@@ -63,8 +63,9 @@ def test_prompt_learning_methods_train_and_load(method, tiny_llama_dir, finetune
     result = cli("--model", tiny_llama_dir, "--train", finetune_set, "--out", out, "--params-json", json.dumps(params),
                  "--deepspeed", deepspeed_configs["zero2"])
     assert result.returncode == 0, result.stderr
-    names = json.loads((out / "checkpoints.json").read_text())
-    assert names == checkpoint_names(37, params) == ["step1", "step2", "step3", "epoch1"]
+    steps = json.loads((out / "checkpoints.json").read_text())
+    assert checkpoint_names(37, params) == ["step1", "step2", "step3", "epoch1"]
+    assert steps == {"step1": 1, "step2": 2, "step3": 3, "epoch1": 3}
     tokenizer = load_tokenizer(str(tiny_llama_dir))
     batch = tokenizer(QUESTIONS, return_tensors="pt", padding=True)
     with torch.no_grad():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from repgeom.finetune import checkpoint_names, parse_params
+from repgeom.finetune import checkpoint_names, checkpoint_steps, parse_params
 from repgeom.finetune.__main__ import main
 from repgeom.finetune.plan import learning_rate
 from repgeom.finetune.trainer import KILL_AFTER_ENV
@@ -28,9 +28,9 @@ def cli_args(model, train, out, params, deepspeed) -> list[str]:
                           "--deepspeed", deepspeed)))
 
 
-def finetune(cli, model, train, out, params, deepspeed, **kwargs):
+def finetune(cli, model, train, out, params, deepspeed, extra_args=(), **kwargs):
     """In a subprocess; `main` in this process serves runs that stop before DeepSpeed starts."""
-    return cli(*cli_args(model, train, out, params, deepspeed), **kwargs)
+    return cli(*cli_args(model, train, out, params, deepspeed), *extra_args, **kwargs)
 
 
 def adapters(out):
@@ -74,8 +74,9 @@ def reference(tmp_path_factory, tiny_llama_dir, finetune_file, cli, deepspeed_co
 def test_layout_and_log(reference):
     out = reference["with_dropout"]
     params = parse_params(WITH_DROPOUT)
-    names = json.loads((out / "checkpoints.json").read_text())
-    assert names == checkpoint_names(37, params)
+    steps = json.loads((out / "checkpoints.json").read_text())
+    assert steps == checkpoint_steps(37, params)
+    names = checkpoint_names(37, params)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == sorted(names)  # nothing partial left
     for name in names:
         assert (out / "checkpoints" / name / "adapter_config.json").is_file()
@@ -105,6 +106,13 @@ def test_resume_after_sigkill_equals_uninterrupted(reference, tiny_llama_dir, fi
     assert main(cli_args(tiny_llama_dir, finetune_file, other, {**WITH_DROPOUT, "lr": 0.02},
                          deepspeed_configs["zero2"])) == 2
     assert "was written by a different training config (params.lr: 0.01 -> 0.02)" in capsys.readouterr().err
+    # The workflow re-runs the job when a hyperparameter changed: then the old run is dropped, not continued.
+    restarted = finetune(cli, tiny_llama_dir, finetune_file, other, {**WITH_DROPOUT, "lr": 0.02},
+                         deepspeed_configs["zero2"], extra_args=["--restart-if-changed"])
+    assert restarted.returncode == 0, restarted.stderr
+    assert "holds a run of another training config (params.lr: 0.01 -> 0.02): starting over" in restarted.stderr
+    assert "resuming" not in restarted.stderr and len(read_log(other)) == 12
+    assert json.loads((other / "train_config.json").read_text())["config"]["params"]["lr"] == 0.02
 
     resumed = finetune(cli, tiny_llama_dir, finetune_file, out, WITH_DROPOUT, deepspeed_configs["zero2"])
     assert resumed.returncode == 0, resumed.stderr

@@ -27,7 +27,7 @@ def dry_run(tmp_path, configfile: Path | None, *extra: str, env: dict | None = N
     assert result.returncode == 0, result.stderr[-3000:]
     jobs, job = [], None
     for line in (result.stdout + result.stderr).splitlines():
-        header = re.fullmatch(r"(?:local)?rule (\S+):", line)
+        header = re.fullmatch(r"(?:local)?(?:rule|checkpoint) (\S+):", line)
         if header:
             job = {"rule": header.group(1), "resources": {}}
             jobs.append(job)

@@ -109,7 +109,7 @@ def planned_jobs(dry_run_output: str) -> list[dict]:
     like `all` with no output and no command), wildcards (in order) and resources."""
     jobs, job = [], None
     for line in dry_run_output.splitlines():
-        header = re.fullmatch(r"(local)?rule (\S+):", line.strip())
+        header = re.fullmatch(r"(local)?(?:rule|checkpoint) (\S+):", line.strip())
         if header and not line.startswith(" "):
             job = {"rule": header.group(2), "local": bool(header.group(1)), "wildcards": {}, "resources": {},
                    "output": False}

@@ -4,7 +4,9 @@ rule analyze_layers:
     output:
         f"{RESULTS}/metrics/{{model}}/{{condition}}/layers_{{layers}}.parquet",
     params:
+        provenance=provenance("analyze_layers", ['analysis.params'], ['analysis.params.seed']),
         store=f"{RESULTS}/activations.zarr",
+        group=store_group,
         analysis=as_json(config["analysis"]["params"]),
     threads: job_threads("analyze")
     resources:
@@ -16,6 +18,7 @@ rule analyze_layers:
     conda:
         "../envs/analysis.yaml"
     shell:
+        f"{TRACKED} --extra-inputs {{params.group}} -- "
         "python -m repgeom.analysis layers --store {params.store} --group {wildcards.model}/{wildcards.condition}"
         " --layers {wildcards.layers} --params-json {params.analysis:q} --threads {threads}"
         " --out {output} > {log} 2>&1"
@@ -29,6 +32,8 @@ rule condition_metrics:
         ),
     output:
         f"{RESULTS}/metrics/{{model}}/{{condition}}.parquet",
+    params:
+        provenance=provenance("condition_metrics", []),
     threads: job_threads("merge")
     resources:
         **job_resources("merge"),
@@ -39,6 +44,7 @@ rule condition_metrics:
     conda:
         "../envs/analysis.yaml"
     shell:
+        f"{TRACKED} -- "
         "python -m repgeom.plots concat --out {output} {input} > {log} 2>&1"
 
 
@@ -50,9 +56,14 @@ rule data_overlap:
     output:
         f"{RESULTS}/metrics/{{model}}/overlap.parquet",
     params:
+        provenance=provenance("data_overlap", ['analysis.params.overlap_k']),
         store=f"{RESULTS}/activations.zarr",
         groups=lambda wc, input: " ".join(
             f"{wc.model}/{Path(path).name.removesuffix('.accuracy.parquet')}" for path in input
+        ),
+        group_paths=lambda wc, input: " ".join(
+            f"{RESULTS}/activations.zarr/{wc.model}/{Path(path).name.removesuffix('.accuracy.parquet')}"
+            for path in input
         ),
         k=config["analysis"]["params"].get("overlap_k", 30),
     threads: job_threads("analyze")
@@ -65,6 +76,7 @@ rule data_overlap:
     conda:
         "../envs/analysis.yaml"
     shell:
+        f"{TRACKED} --extra-inputs {{params.group_paths}} -- "
         "python -m repgeom.analysis overlap --store {params.store} --groups {params.groups}"
         " --k {params.k} --threads {threads} --out {output} > {log} 2>&1"
 
@@ -76,6 +88,8 @@ rule run_metrics:
         ],
     output:
         f"{RESULTS}/metrics/all.parquet",
+    params:
+        provenance=provenance("run_metrics", []),
     threads: job_threads("merge")
     resources:
         **job_resources("merge"),
@@ -86,6 +100,7 @@ rule run_metrics:
     conda:
         "../envs/analysis.yaml"
     shell:
+        f"{TRACKED} -- "
         "python -m repgeom.plots concat --out {output} {input} > {log} 2>&1"
 
 
@@ -94,6 +109,8 @@ rule run_overlap:
         expand(f"{RESULTS}/metrics/{{model}}/overlap.parquet", model=MODELS),
     output:
         f"{RESULTS}/metrics/overlap.parquet",
+    params:
+        provenance=provenance("run_overlap", []),
     threads: job_threads("merge")
     resources:
         **job_resources("merge"),
@@ -104,6 +121,7 @@ rule run_overlap:
     conda:
         "../envs/analysis.yaml"
     shell:
+        f"{TRACKED} -- "
         "python -m repgeom.plots concat --out {output} {input} > {log} 2>&1"
 
 
@@ -111,7 +129,15 @@ rule variant_figure:
     input:
         rules.run_metrics.output,
     output:
-        f"{RESULTS}/figures/{{model}}/variants_{{shots}}shot.png",
+        report(
+            f"{RESULTS}/figures/{{model}}/variants_{{shots}}shot.png",
+            caption="../report/variants.rst",
+            category="Figures",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "prompt controls, {shots}-shot"},
+        ),
+    params:
+        provenance=provenance("variant_figure", []),
     threads: job_threads("plot")
     resources:
         **job_resources("plot"),
@@ -122,5 +148,58 @@ rule variant_figure:
     conda:
         "../envs/analysis.yaml"
     shell:
+        f"{TRACKED} -- "
         "python -m repgeom.plots variant-ari --metrics {input} --model {wildcards.model}"
         " --shots {wildcards.shots} --out {output} > {log} 2>&1"
+
+
+FIGURE_LABELS = {
+    "id_gride": "intrinsic dimension",
+    "n_clusters": "number of clusters",
+    "ari": "ARI (subjects, letters)",
+    "label_overlap": "label overlap",
+    "data_overlap": "data overlap ICL vs fine-tuning",
+    "probe": "linear probes",
+    "local_id_steps": "local ID and accuracy vs step",
+    "accuracy_table": "accuracy table",
+}
+
+
+rule model_figures:
+    input:
+        metrics=rules.run_metrics.output[0],
+        overlap=rules.run_overlap.output[0],
+        accuracy=rules.accuracy_table.output[0],
+        # Each training run's {checkpoint: step}.
+        checkpoints=lambda wc: training_runs(wc.model).values(),
+    output:
+        **{
+            name: report(
+                f"{RESULTS}/figures/{{model}}/{name}.png",
+                caption=f"../report/{name}.rst",
+                category="Figures",
+                subcategory="{model}",
+                labels={"model": "{model}", "figure": FIGURE_LABELS[name]},
+            )
+            for name in FIGURE_NAMES
+        },
+    params:
+        provenance=provenance("model_figures", ['analysis.params', 'shots', 'variants', 'finetune']),
+        out_dir=lambda wc: f"{RESULTS}/figures/{wc.model}",
+        checkpoints=lambda wc: " ".join(f"{method}={path}" for method, path in training_runs(wc.model).items()),
+        settings=as_json(config["analysis"]["params"]),
+    threads: job_threads("plot")
+    resources:
+        **job_resources("plot"),
+    log:
+        f"{RESULTS}/logs/model_figures/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/model_figures/{{model}}.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    shell:
+        f"{TRACKED} -- "
+        "python -m repgeom.plots figures --metrics {input.metrics} --overlap {input.overlap}"
+        " --accuracy {input.accuracy} --checkpoints {params.checkpoints}"
+        " --settings-json {params.settings:q} --model {wildcards.model}"
+        " --out-dir {params.out_dir} > {log} 2>&1"

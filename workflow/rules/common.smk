@@ -10,6 +10,8 @@ from repgeom.config import config_errors
 from repgeom.data.synthetic import SUBJECT_AREAS as GENERATED_SUBJECTS
 from repgeom.finetune.params import FinetuneError, default_params, parse_params
 from repgeom.finetune.plan import checkpoint_steps
+from repgeom.plots import FIGURE_NAMES
+from repgeom.provenance import config_subset
 
 _problems = config_errors(config, workflow.source_path("../../config/schema.yaml"))
 if _problems:
@@ -169,6 +171,12 @@ def finetune_rows():
     return pq.read_metadata(checkpoints.sample.get().output.finetune).num_rows
 
 
+def training_runs(model):
+    """method -> the `checkpoints.json` ({checkpoint: step}) its training run writes last."""
+    methods = config.get("finetune", {}).get("methods", {})
+    return {method: f"{finetune_folder(model, method)}/checkpoints.json" for method in methods}
+
+
 def finetuned_steps(model):
     """Condition `ft-{method}-{checkpoint}` -> optimizer steps done, for every adapter the config trains."""
     methods = config.get("finetune", {}).get("methods", {})
@@ -259,3 +267,51 @@ def token_sample_option(wildcards):
         return ""
     layers = ",".join(map(str, sample["layers"]))
     return f"--token-sample-layers {layers} --token-sample-size {sample['size']} --seed {config['sampling']['seed']}"
+
+
+# Provenance: every job runs under `python -m repgeom.provenance run`, which records for each output the
+# rule, wildcards, input hashes, config subset, code version, packages, host and times (repgeom audit reads them).
+TRACKED = "python -m repgeom.provenance run --meta {params.provenance:q} --inputs {input:q} --outputs {output:q}"
+
+
+def provenance(rule_name, config_keys=(), seed_keys=(), params=None):
+    """The wrapper's --meta of a rule: `config_keys` / `seed_keys` are dotted config keys, `{model}` and other
+    wildcards filled in; `params(wildcards)` gives the resolved parameters where the config leaves defaults."""
+
+    def meta(wildcards):
+        values = dict(wildcards.items())
+        model = values.get("model")
+        return as_json(
+            {
+                "rule": rule_name,
+                "wildcards": values,
+                "params": params(wildcards) if params else {},
+                "config_subset": config_subset(config, [key.format(**values) for key in config_keys]),
+                "seeds": config_subset(config, [key.format(**values) for key in seed_keys]),
+                "model": {"name": model, "spec": model_spec(model), "revision": config["models"][model].get("revision")}
+                if model
+                else None,
+                "dataset": {"name": config["dataset"]["name"], **dataset_spec()},
+            }
+        )
+
+    return meta
+
+
+def store_group(wildcards):
+    return f"{RESULTS}/activations.zarr/{wildcards.model}/{wildcards.condition}"
+
+
+def adapter_inputs(wildcards):
+    """The adapter folder a fine-tuned condition reads (recorded as an input of its extraction)."""
+    condition = parse_condition(wildcards.condition)
+    if not condition.is_finetuned:
+        return ""
+    return f"--extra-inputs {finetune_folder(wildcards.model, condition.method)}/checkpoints/{condition.checkpoint}"
+
+
+if workflow.is_main_process:
+    # The config this run resolved (defaults filled in): `repgeom audit` compares each record's config keys with it.
+    from repgeom.io import write_json
+
+    write_json(config, f"{RESULTS}/config.resolved.json")

@@ -4,6 +4,7 @@ if dataset_folder():
         output:
             directory(dataset_folder()),
         params:
+            provenance=provenance("generate_dataset", ['dataset.generate'], ['dataset.generate.seed']),
             generate=as_json(config["dataset"].get("generate", {})),
         threads: job_threads("generate_dataset")
         resources:
@@ -15,6 +16,7 @@ if dataset_folder():
         conda:
             "../envs/data.yaml"
         shell:
+            f"{TRACKED} -- "
             "python -m repgeom.data generate --out {output} --params-json {params.generate:q} > {log} 2>&1"
 
 
@@ -26,6 +28,7 @@ checkpoint sample:
         subset=f"{RESULTS}/data/analysis_subset.parquet",
         finetune=f"{RESULTS}/data/finetune_set.parquet",
     params:
+        provenance=provenance("sample", ['dataset', 'sampling', 'variants'], ['sampling.seed']),
         dataset=as_json(dataset_spec()),
         sampling=config["sampling"],
         hold_out="--hold-out-shot-pool" if "sampled_shots" in config["variants"] else "",
@@ -39,6 +42,7 @@ checkpoint sample:
     conda:
         "../envs/data.yaml"
     shell:
+        f"{TRACKED} -- "
         "python -m repgeom.data sample --dataset-json {params.dataset:q}"
         " --max-per-subject {params.sampling[max_per_subject]}"
         " --finetune-max-per-subject {params.sampling[finetune_max_per_subject]}"
@@ -55,6 +59,7 @@ rule prompts:
     output:
         f"{RESULTS}/prompts/{{model}}/{{condition}}.parquet",
     params:
+        provenance=provenance("prompts", ['sampling.seed', 'models.{model}.max_length', 'dataset.subject_areas'], ['sampling.seed']),
         options=lambda wc: prompt_options(wc.condition),
         tokenizer=lambda wc: model_spec(wc.model),
         max_length=lambda wc: config["models"][wc.model]["max_length"],
@@ -68,6 +73,7 @@ rule prompts:
     conda:
         "../envs/data.yaml"
     shell:
+        f"{TRACKED} -- "
         "python -m repgeom.data prompts --questions {input.questions} --subset {input.subset}"
         " {params.options} --tokenizer {params.tokenizer:q} --max-length {params.max_length}"
         " --out {output} > {log} 2>&1"

@@ -6,6 +6,7 @@ rule extract:
         # from its completed chunks instead of Snakemake deleting them; this table comes last.
         accuracy=f"{RESULTS}/extract/{{model}}/{{condition}}.accuracy.parquet",
     params:
+        provenance=provenance("extract", ['extraction', 'models.{model}'], ['sampling.seed']),
         store=f"{RESULTS}/activations.zarr",
         model=lambda wc: model_spec(wc.model),
         max_length=lambda wc: config["models"][wc.model]["max_length"],
@@ -14,6 +15,8 @@ rule extract:
         parallel=extraction_parallel_option,
         ranks=extraction_ranks,
         token_sample=token_sample_option,
+        group=store_group,
+        adapter_input=adapter_inputs,
     threads: job_threads("extract")
     resources:
         **job_resources("extract"),
@@ -24,6 +27,7 @@ rule extract:
     conda:
         "../envs/torch.yaml"
     shell:
+        f"{TRACKED} --extra-outputs {{params.group}} {{params.adapter_input}} -- "
         "python -m repgeom.launch --gpus {params.ranks} --cpus {threads} --"
         " python -m repgeom.extract --model {params.model:q} --prompts {input.prompts} {params.adapter}"
         " --store {params.store} --group {wildcards.model}/{wildcards.condition}"
@@ -42,6 +46,8 @@ rule accuracy_table:
         ],
     output:
         f"{RESULTS}/tables/accuracy.csv",
+    params:
+        provenance=provenance("accuracy_table", []),
     threads: job_threads("accuracy_table")
     resources:
         **job_resources("accuracy_table"),
@@ -52,4 +58,5 @@ rule accuracy_table:
     conda:
         "../envs/analysis.yaml"
     shell:
+        f"{TRACKED} -- "
         "python -m repgeom.plots accuracy-table --out {output} {input} > {log} 2>&1"

@@ -4,9 +4,11 @@ rule finetune:
         model=model_input,
     output:
         # The run's folder (adapters, log, resumable state) is written in place and left undeclared,
-        # so that a killed run resumes instead of Snakemake deleting it; this list comes last.
+        # so that a killed run resumes instead of Snakemake deleting it; this list comes last. A run of
+        # other settings (Snakemake re-runs the job when they change) is started over.
         f"{RESULTS}/finetune/{{model}}/{{method}}/checkpoints.json",
     params:
+        provenance=provenance("finetune", ['finetune', 'models.{model}'], ['finetune.methods.{method}.seed'], lambda wc: finetune_params(wc.method)),
         out=lambda wc: finetune_folder(wc.model, wc.method),
         model=lambda wc: model_spec(wc.model),
         params=lambda wc: as_json(finetune_params(wc.method)),
@@ -22,7 +24,9 @@ rule finetune:
     conda:
         "../envs/torch.yaml"
     shell:
+        f"{TRACKED} --extra-output-globs '{{params.out}}/checkpoints/*' -- "
         "python -m repgeom.launch --gpus {resources.gpu} --cpus {threads} --"
         " python -m repgeom.finetune --model {params.model:q} --train {input.train} --out {params.out}"
         " --params-json {params.params:q} --deepspeed {params.deepspeed:q} --model-dtype {params.model_dtype}"
+        " --restart-if-changed"
         " > {log} 2>&1"

@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 
-from repgeom.extract.distributed import LaunchError
+from repgeom.distributed import LaunchError
 from repgeom.extract.hooks import HOOKS, UnsupportedArchitecture
 from repgeom.extract.run import ExtractionJob, ExtractionSettings, PromptSetError
 from repgeom.models.loading import ModelLoadError

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from repgeom.extract.distributed import RankInfo
+from repgeom.distributed import RankInfo
 from repgeom.models.loading import ModelLoadError, load_model, model_fingerprint
 
 

@@ -17,7 +17,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from repgeom.extract import distributed
+from repgeom import distributed
+from repgeom.io import read_parquet_table
 from repgeom.extract.accuracy import accuracy_frame, accuracy_summary, write_accuracy
 from repgeom.extract.batching import (TokenSample, encode_prompts, first_token_index, last_token_index,
                                       length_batches, pad_batch, position_ids)
@@ -72,12 +73,7 @@ class ExtractionSettings:
 
 def read_prompts(path: str | Path) -> pd.DataFrame:
     path = Path(path)
-    if not path.is_file():
-        raise PromptSetError(f"prompts file {str(path)!r} does not exist")
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as err:  # pyarrow's errors vary with the damage
-        raise PromptSetError(f"prompts file {str(path)!r} is not a readable parquet file: {err}") from err
+    frame = read_parquet_table(path, "prompts file", PromptSetError)
     missing = [c for c in PROMPT_COLUMNS if c not in frame.columns]
     if missing:
         raise PromptSetError(f"prompts file {str(path)!r} lacks column(s) {missing}; it has {list(frame.columns)}")

@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from repgeom.extract.distributed import LaunchError
+from repgeom.distributed import LaunchError
 from repgeom.finetune.params import FinetuneError, parse_params
 from repgeom.finetune.trainer import FinetuneJob
 from repgeom.models.loading import ModelLoadError
@@ -32,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--deepspeed", required=True, help="DeepSpeed JSON config, e.g. config/deepspeed/zero2.json")
     parser.add_argument("--model-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                         help="auto: bfloat16 on GPU, float32 on CPU")
+    parser.add_argument("--restart-if-changed", action="store_true",
+                        help="if --out holds a run of different settings, delete it and start over (the workflow's "
+                             "choice when a hyperparameter changed); by default that is an error")
     # The DeepSpeed launcher passes --local_rank; the rank is read from the environment either way.
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -46,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         except json.JSONDecodeError as err:
             raise FinetuneError(f"--params-json is not valid JSON: {err}") from err
         FinetuneJob(model=args.model, train=Path(args.train), out=Path(args.out), params=parse_params(raw),
-                    deepspeed_config=Path(args.deepspeed), model_dtype=args.model_dtype, revision=args.revision).run()
+                    deepspeed_config=Path(args.deepspeed), model_dtype=args.model_dtype, revision=args.revision,
+                    restart_if_changed=args.restart_if_changed).run()
     except (FinetuneError, ModelLoadError, LaunchError) as err:
         print(f"repgeom.finetune: error: {err}", file=sys.stderr)
         return 2

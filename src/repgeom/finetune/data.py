@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from repgeom.io import read_parquet_table
 from repgeom.finetune.params import FinetuneError
 from repgeom.models.loading import ANSWER_CUE, answer_letter_token_ids
 
@@ -29,12 +30,7 @@ class EncodedSet:
 
 def read_finetune_set(path: str | Path) -> pd.DataFrame:
     path = Path(path)
-    if not path.is_file():
-        raise FinetuneError(f"fine-tuning set {str(path)!r} does not exist")
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as err:  # pyarrow raises several types for a file that is not parquet
-        raise FinetuneError(f"fine-tuning set {str(path)!r} is not a readable parquet file: {err}") from err
+    frame = read_parquet_table(path, "fine-tuning set", FinetuneError)
     missing = [column for column in COLUMNS if column not in frame.columns]
     if missing:
         raise FinetuneError(f"fine-tuning set {str(path)!r} lacks column(s) {missing}; it has {list(frame.columns)}")

@@ -6,7 +6,7 @@ Output folder:
   train_config.json          what the run is (params, model, data hash, ranks, DeepSpeed config) and its sha256
   train_log.csv              one row per optimizer step: loss, learning rate, rows, tokens, seconds
   checkpoints/{name}/        peft adapters (save_pretrained), name = step{N} | epoch{E}
-  checkpoints.json           the list of names, written last: the run is complete
+  checkpoints.json           {name: optimizer step} of every adapter, written last: the run is complete
   train_state/               while running: the latest DeepSpeed state, per-rank RNG states, resume.json
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from repgeom.extract.distributed import RankInfo, free_port, rank_info_from_env
+from repgeom.distributed import RankInfo, free_port, rank_info_from_env
 from repgeom.finetune.data import collate, encode_finetune_set, letter_losses
 from repgeom.finetune.methods import prefix_subspace, save_adapter, trainable_model, virtual_tokens_in_sequence
 from repgeom.finetune.params import PROMPT_LEARNING_METHODS, FinetuneError, FinetuneParams
@@ -95,14 +95,21 @@ def _flatten(config: dict, prefix: str = "") -> dict:
     return flat
 
 
+def run_differences(stored: dict, current: dict) -> list[str]:
+    """`key: old -> new` for each setting where a stored run config differs from this one."""
+    if stored.get("sha256") == current["sha256"]:
+        return []
+    old, new = _flatten(stored.get("config", {})), _flatten(current["config"])
+    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key)] or ["unknown"]
+
+
 def check_same_run(stored: dict, current: dict, where: str) -> None:
     """A state or output folder of another run must not be continued: name what differs."""
-    if stored.get("sha256") == current["sha256"]:
+    differ = run_differences(stored, current)
+    if not differ:
         return
-    old, new = _flatten(stored.get("config", {})), _flatten(current["config"])
-    differ = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
-              if old.get(key) != new.get(key)]
-    raise FinetuneError(f"{where} was written by a different training config ({'; '.join(differ) or 'unknown'}); "
+    raise FinetuneError(f"{where} was written by a different training config ({'; '.join(differ)}); "
                         "use another --out folder or delete this one to start over")
 
 
@@ -115,6 +122,7 @@ class FinetuneJob:
     deepspeed_config: Path
     model_dtype: str = "auto"
     revision: str | None = None
+    restart_if_changed: bool = False
 
     @property
     def state_dir(self) -> Path:
@@ -140,8 +148,16 @@ class FinetuneJob:
             "world_size": info.world_size, "dtype": str(dtype), "deepspeed": ds_config}))
         run_config = {"config": identity, "sha256": config_sha256(identity)}
         config_file = self.out / "train_config.json"
-        if config_file.is_file():
-            check_same_run(json.loads(config_file.read_text()), run_config, f"output folder {str(self.out)!r}")
+        stored = json.loads(config_file.read_text()) if config_file.is_file() else None
+        if stored is not None and self.restart_if_changed and run_differences(stored, run_config):
+            # The workflow re-runs the job because its settings changed: the old run is outdated, not resumable.
+            log.warning("%s holds a run of another training config (%s): starting over", self.out,
+                        "; ".join(run_differences(stored, run_config)))
+            if info.is_main:
+                shutil.rmtree(self.out)
+                self.out.mkdir(parents=True)
+        elif stored is not None:
+            check_same_run(stored, run_config, f"output folder {str(self.out)!r}")
             if (self.out / "checkpoints.json").is_file():
                 log.info("%s is complete (checkpoints.json); nothing to do", self.out)
                 return
@@ -181,7 +197,7 @@ class FinetuneJob:
             if step == kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
         if info.is_main:
-            write_json(list(saves), self.out / "checkpoints.json")
+            write_json(saves, self.out / "checkpoints.json")
             shutil.rmtree(self.state_dir, ignore_errors=True)  # only a killed run needs it
         dist.barrier()
 

@@ -1,4 +1,22 @@
-"""Report stage entry point: `python -m repgeom.plots {accuracy-table,concat,variant-ari} …`."""
+"""Report stage entry point: `python -m repgeom.plots {accuracy-table,concat,variant-ari,figures} …`.
+
+`figures` writes one model's figure set into --out-dir, always the same files (`FIGURE_NAMES`):
+
+    id_gride.png  n_clusters.png  ari.png  label_overlap.png  data_overlap.png  probe.png
+    local_id_steps.png  accuracy_table.png            (and each as .pdf with --pdf)
+
+A figure with no data (e.g. `local_id_steps` and `data_overlap` in a run without fine-tuning) is still written,
+saying "Nothing to show" and why. See `repgeom.plots.geometry` for what each figure holds.
+
+    python -m repgeom.plots figures --metrics results/metrics/all.parquet \
+        --overlap results/metrics/overlap.parquet --accuracy results/tables/accuracy.csv \
+        --checkpoint-steps-json '{"ft-lora-step1": 1, "ft-lora-epoch1": 8}' \
+        --settings-json '{"maxk": 100, "id_scale_index": 4}' --model tiny-llama \
+        --out-dir results/figures/tiny-llama [--conditions 0shot 5shot …] [--pdf]
+
+Bad input (a missing file or column, an empty table, a model the tables do not hold, bad JSON) stops it with
+one line naming the file and what is missing, and exit status 1.
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +26,10 @@ import sys
 import pandas as pd
 
 from repgeom.io import atomic_path, write_parquet
+from repgeom.plots import FIGURE_NAMES
 from repgeom.plots.tables import accuracy_table
+
+__all__ = ["FIGURE_NAMES", "main"]
 
 log = logging.getLogger("repgeom.plots")
 
@@ -34,6 +55,47 @@ def cmd_variant_ari(args) -> None:
     log.info("%s: ARI against layer for %s", args.out, ", ".join(conditions))
 
 
+def cmd_figures(args) -> None:
+    from repgeom.plots.geometry import model_figures, write_figures
+    from repgeom.plots.inputs import (
+        ACCURACY_COLUMNS,
+        METRIC_COLUMNS,
+        OVERLAP_COLUMNS,
+        check_conditions,
+        check_model,
+        parse_settings,
+        parse_steps,
+        read_table,
+        steps_from_runs,
+    )
+
+    params = parse_settings(args.settings_json)
+    steps = {**parse_steps(args.checkpoint_steps_json), **steps_from_runs(args.checkpoints)}
+    tables = {}
+    for key, path, columns, what, condition_columns in (
+        ("metrics", args.metrics, METRIC_COLUMNS, "metric table", ["condition"]),
+        ("overlap", args.overlap, OVERLAP_COLUMNS, "overlap table", ["condition_a", "condition_b"]),
+        ("accuracy", args.accuracy, ACCURACY_COLUMNS, "accuracy table", ["condition"]),
+    ):
+        table = read_table(path, columns, what)
+        check_model(table, args.model, path, what)
+        check_conditions(table, condition_columns, path, what)
+        tables[key] = table
+    if args.conditions:
+        held = set(tables["metrics"].loc[tables["metrics"]["model"] == args.model, "condition"])
+        missing = [c for c in args.conditions if c not in held]
+        if missing:
+            raise ValueError(f"{args.metrics}: the metric table has no rows for condition(s) {', '.join(missing)} "
+                             f"of model {args.model!r}")
+    figures = model_figures(tables["metrics"], tables["overlap"], tables["accuracy"], args.model, steps, params,
+                            conditions=args.conditions or None)
+    for name, fig in figures.items():
+        reason = getattr(fig, "nothing_to_show", None)
+        log.info("%s: %s", name, f"nothing to show: {reason}" if reason else "drawn")
+    written = write_figures(figures, args.out_dir, pdf=args.pdf)
+    log.info("wrote %d files to %s", len(written), args.out_dir)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m repgeom.plots", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -51,11 +113,26 @@ def main(argv=None) -> int:
     var.add_argument("--shots", type=int, required=True)
     var.add_argument("--out", required=True, help="PNG file")
     var.set_defaults(func=cmd_variant_ari)
+    fig = sub.add_parser("figures", help="one model's figure set (FIGURE_NAMES) as PNG, and PDF with --pdf")
+    fig.add_argument("--metrics", required=True, help="merged metric table (metrics/all.parquet)")
+    fig.add_argument("--overlap", required=True, help="merged overlap table (metrics/overlap.parquet)")
+    fig.add_argument("--accuracy", required=True, help="accuracy table (tables/accuracy.csv)")
+    fig.add_argument("--checkpoint-steps-json", default="{}",
+                     help="JSON object (or a JSON file) fine-tuned condition -> optimizer step; {} without fine-tuning")
+    fig.add_argument("--checkpoints", nargs="*", default=[], metavar="METHOD=FILE",
+                     help="a training run's checkpoints.json ({checkpoint: step}) per fine-tuning method")
+    fig.add_argument("--settings-json", required=True,
+                     help="analysis parameters as JSON (or a JSON file): the config's analysis.params")
+    fig.add_argument("--model", required=True)
+    fig.add_argument("--conditions", nargs="*", help="only these conditions (default: every one in the tables)")
+    fig.add_argument("--out-dir", required=True)
+    fig.add_argument("--pdf", action="store_true", help="write each figure as PDF too")
+    fig.set_defaults(func=cmd_figures)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         args.func(args)
-    except ValueError as err:
+    except (ValueError, OSError) as err:
         log.error("%s", err)
         return 1
     return 0

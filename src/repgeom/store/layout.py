@@ -7,6 +7,8 @@ One zarr (v3) store per run; one group per `{model}/{condition}`:
     letter_logprob  [N, 4] float32    log-probabilities of the answer letters A-D
     argmax_token    [N] int64         argmax of the full next-token distribution
     chunk_done      [n_chunks] uint8  one zarr chunk per row chunk: 1 once that row chunk is durably written
+    chunk_sha256    [n_chunks, files, 32] uint8  sha256 of each chunk file a row chunk wrote, kept before its
+                    chunk_done mark; combined into the group's `content_sha256` attribute at completion (provenance)
     token_sample/   optional all-token sample (see `repgeom.extract.batching.sample_tokens`)
 
 Every array carries a crc32c checksum per chunk, so a corrupted chunk fails loudly on read.

@@ -4,6 +4,12 @@ Completion protocol: a row chunk's data (every layer, the predictions, the token
 fsync'ed before its `chunk_done` entry is set; each entry is its own zarr chunk, so ranks that own different
 row chunks never write the same file. The group's `complete` attribute is set once every row chunk is done.
 Group attributes are written last at creation, so a group without them was never used and is recreated.
+
+Content hash (for provenance): as each row chunk's files are fsync'ed, their on-disk bytes are hashed (read back from
+the page cache they were just written to) and the digests stored in `chunk_sha256` [n_chunks, files, 32] before
+`chunk_done` is set, each row chunk in its own zarr chunk like `chunk_done`. At completion they are combined with the
+group's metadata and its small arrays (read then) into the attribute `content_sha256`, equal to
+`repgeom.provenance.zarr_group_hash` computed from disk, without reading the activations again.
 """
 from __future__ import annotations
 
@@ -18,12 +24,15 @@ import pandas as pd
 import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec
 
+from repgeom.provenance.hashing import stream_sha256, zarr_group_hash
 from repgeom.store.layout import (ARGMAX_TOKEN, BF16_ENCODING, CHUNK_DONE, FORMAT_VERSION, LETTER_LOGPROB,
                                   META_COLUMNS, REPS, TOKEN_SAMPLE, StoreError, storage_dtype)
 from repgeom.store.reading import open_store_group, read_array, require_array
 
 # Uncompressed (activations barely compress) but checksummed, so a damaged chunk fails on read.
 CODECS = {"serializer": BytesCodec(), "compressors": [Crc32cCodec()]}
+CHUNK_SHA256 = "chunk_sha256"
+CONTENT_SHA256 = "content_sha256"
 
 
 @dataclass
@@ -133,6 +142,9 @@ def _create_group(root: zarr.Group, group: str, spec: GroupSpec) -> zarr.Group:
     node.create_array(ARGMAX_TOKEN, shape=(n_rows,), chunks=(rows,), dtype="int64", fill_value=-1, **CODECS)
     node.create_array(CHUNK_DONE, shape=(n_chunks,), chunks=(1,), dtype="uint8", fill_value=0, **CODECS)
     sample = spec.token_sample
+    n_files = len(spec.layer_names) + 2 + (len(sample.layers) if sample is not None else 0)
+    node.create_array(CHUNK_SHA256, shape=(n_chunks, n_files, 32), chunks=(1, n_files, 32), dtype="uint8",
+                      fill_value=0, **CODECS)
     if sample is not None:
         cap = sample.rows.shape[1]
         node.create_array(f"{TOKEN_SAMPLE}/row", shape=sample.rows.shape, chunks=(1, cap), dtype="int64",
@@ -164,6 +176,18 @@ class GroupWriter:
         self.n_rows = self.reps.shape[1]
         self.chunk_rows = self.reps.chunks[1]
         self.n_chunks = self.done.shape[0]
+        self.digests = self._digest_array()
+
+    def _digest_array(self) -> zarr.Array | None:
+        """The per-chunk digests; None for a group made before they were kept (hashed from disk at completion)."""
+        try:
+            digests = self.node[CHUNK_SHA256]
+        except KeyError:
+            return None
+        n_files = self.reps.shape[0] + 2 + (self.sample_reps.shape[0] if self.sample_reps is not None else 0)
+        if not isinstance(digests, zarr.Array) or digests.shape != (self.n_chunks, n_files, 32):
+            return None
+        return digests
 
     def check_shape(self, spec: GroupSpec) -> None:
         expected = (len(spec.layer_names), len(spec.prompts), spec.hidden_size)
@@ -200,22 +224,32 @@ class GroupWriter:
         self.reps[:, start:stop, :] = reps
         self.letter_logprob[start:stop] = letter_logprob
         self.argmax_token[start:stop] = argmax_token
-        written = [(self.reps, (layer, chunk, 0)) for layer in range(reps.shape[0])]
-        written += [(self.letter_logprob, (chunk, 0)), (self.argmax_token, (chunk,))]
         if self.sample_reps is not None:
             self.sample_reps[:, chunk] = sample
-            written += [(self.sample_reps, (layer, chunk, 0, 0)) for layer in range(sample.shape[0])]
-        for array, coords in written:
-            self._fsync(array, coords)
+        digests = [self._fsync(array, coords, digest=True) for array, coords in self.chunk_files(chunk)]
+        if self.digests is not None:
+            self.digests[chunk] = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), 32)
+            self._fsync(self.digests, (chunk, 0, 0))
         self.done[chunk] = 1
         self._fsync(self.done, (chunk,))
 
-    def _fsync(self, array: zarr.Array, coords: tuple[int, ...]) -> None:
-        fd = os.open(self.store_path / array.path / array.metadata.encode_chunk_key(coords), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    def chunk_files(self, chunk: int) -> list[tuple[zarr.Array, tuple[int, ...]]]:
+        """The zarr chunks that row chunk `chunk` writes, in the order of its `chunk_sha256` entries."""
+        files = [(self.reps, (layer, chunk, 0)) for layer in range(self.reps.shape[0])]
+        files += [(self.letter_logprob, (chunk, 0)), (self.argmax_token, (chunk,))]
+        if self.sample_reps is not None:
+            files += [(self.sample_reps, (layer, chunk, 0, 0)) for layer in range(self.sample_reps.shape[0])]
+        return files
+
+    def _chunk_path(self, array: zarr.Array, coords: tuple[int, ...]) -> Path:
+        return self.store_path / array.path / array.metadata.encode_chunk_key(coords)
+
+    def _fsync(self, array: zarr.Array, coords: tuple[int, ...], digest: bool = False) -> bytes | None:
+        """fsync one chunk file; with `digest`, the sha256 of its bytes, read back while they are still cached."""
+        with open(self._chunk_path(array, coords), "rb", buffering=0) as f:
+            sha = stream_sha256(f) if digest else None
+            os.fsync(f.fileno())
+        return sha
 
     def predictions(self) -> tuple[np.ndarray, np.ndarray]:
         return read_array(self.letter_logprob), read_array(self.argmax_token)
@@ -226,3 +260,18 @@ class GroupWriter:
             raise StoreError(f"cannot mark {self.node.store_path} complete: row chunks {np.flatnonzero(~done).tolist()} "
                              "are not written")
         self.node.attrs.update({**attrs, "complete": True})
+        self.node.attrs.update({CONTENT_SHA256: self.content_sha256()})
+
+    def content_sha256(self) -> str:
+        """The group's content hash (`repgeom.provenance.zarr_group_hash`), from the digests kept per row chunk plus
+        the files no row chunk writes (metadata and small arrays); fully from disk for a group without digests."""
+        known = {}
+        if self.digests is not None:
+            stored = read_array(self.digests)
+            group_dir = self.store_path / self.node.path
+            for chunk in range(self.n_chunks):
+                for (array, coords), digest in zip(self.chunk_files(chunk), stored[chunk]):
+                    if digest.any():  # all zero: never written
+                        rel = self._chunk_path(array, coords).relative_to(group_dir).as_posix()
+                        known[rel] = digest.tobytes().hex()
+        return zarr_group_hash(self.store_path, self.node.path, known=known)

@@ -1,4 +1,5 @@
-"""Rank and world size from torchrun or Slurm, and the few collectives the extraction needs."""
+"""Rank and world size from torchrun or Slurm, and the few collectives the extraction and fine-tuning need
+(`repgeom.launch` starts the ranks)."""
 from __future__ import annotations
 
 import datetime
@@ -9,13 +10,11 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from repgeom.launch import LaunchError
+
 # Data-parallel ranks only meet at the start and the end: a rank that finishes early waits at the final barrier
 # for the slowest, which can take as long as an extraction.
 BARRIER_TIMEOUT = datetime.timedelta(hours=12)
-
-
-class LaunchError(RuntimeError):
-    """Rank variables or rendezvous settings are missing or inconsistent."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,470 @@
+"""The reference paper's figures for one model, from the merged metric, overlap and accuracy tables.
+
+Each `plot_*` function takes the long-form tables (any number of models; it keeps `model`'s rows) and returns a
+matplotlib Figure, or raises `NoData` saying why there is nothing to draw. `model_figures` builds the whole set,
+turning a `NoData` into a figure that says "nothing to show" and why, so that every file in `FIGURE_NAMES`
+always exists (the workflow declares them all as outputs); `write_figures` writes them atomically.
+
+| file (`{name}.png`, `.pdf` with --pdf) | function | content |
+|---|---|---|
+| `id_gride` | `plot_id_gride` | Gride ID at n2 = 2**(id_scale_index + 1) against layer, with its standard error |
+| `n_clusters` | `plot_n_clusters` | number of ADP clusters (no halo) against layer |
+| `ari` | `plot_ari` | ARI of the ADP clusters with subjects (left) and with answer letters (right) against layer |
+| `label_overlap` | `plot_label_overlap` | label overlap with subjects (left) and with answer letters (right) against layer |
+| `data_overlap` | `plot_data_overlap` | χ_k between each k-shot condition and each method's last checkpoint (top); between 0-shot and each shown checkpoint (bottom); against layer |
+| `probe` | `plot_probe` | linear-probe accuracy for subject (left) and letter (right) against layer, majority baseline dotted |
+| `local_id_steps` | `plot_local_id_steps` | mean local ID against optimizer step, one line per layer (last-token rows; the token sample too where extracted), next to accuracy against step; one row per method |
+| `accuracy_table` | `repgeom.plots.tables.plot_accuracy_table` | accuracy of every condition, as a table |
+
+Which conditions the layer-wise figures show and how they are coloured: `repgeom.plots.selection`.
+"""
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on cluster nodes
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+
+from repgeom.analysis.params import AnalysisParams  # noqa: E402
+from repgeom.io import atomic_path  # noqa: E402
+from repgeom.plots import FIGURE_NAMES  # noqa: E402
+from repgeom.plots.selection import (  # noqa: E402
+    base_conditions,
+    condition_styles,
+    final_checkpoints,
+    layerwise_conditions,
+    shown_checkpoints,
+    step_series,
+)
+
+FIGURE_TITLES = {
+    "id_gride": "intrinsic dimension (Gride) against layer",
+    "n_clusters": "number of ADP clusters against layer",
+    "ari": "ARI of the ADP clusters with subjects and with answer letters",
+    "label_overlap": "label overlap with subjects and with answer letters",
+    "data_overlap": "data overlap between in-context learning and fine-tuning",
+    "probe": "linear-probe accuracy against layer",
+    "local_id_steps": "mean local ID and accuracy against fine-tuning step",
+    "accuracy_table": "accuracy per condition",
+}
+LAYER_LABEL = "layer (input of block i; last = final norm)"
+STEP_LABEL = "optimizer step (0 = base model, 0-shot prompt)"
+CHANCE = 0.25
+
+
+class NoData(ValueError):
+    """There is nothing to draw; the message says why."""
+
+
+def gride_scale(id_scale_index: int) -> int:
+    """n2 of the Gride scale index (ranks (2^i, 2^(i+1)), i counted from 1): index 4 -> (16, 32) -> 32."""
+    return 2 ** (id_scale_index + 1)
+
+
+def _model_rows(table: pd.DataFrame, model: str, what: str) -> pd.DataFrame:
+    rows = table[table["model"] == model]
+    if rows.empty:
+        raise NoData(f"the {what} has no rows for model {model!r}")
+    return rows
+
+
+def _keep(names, conditions: Sequence[str] | None) -> list[str]:
+    names = {n for n in names if pd.notna(n)}
+    return sorted(names if conditions is None else names & set(conditions))
+
+
+def _series(rows: pd.DataFrame, metric: str, condition: str, scale: float | None = None) -> pd.DataFrame:
+    """layer, value, error of one metric and condition, by layer (finite values only)."""
+    mask = (rows["metric"] == metric) & (rows["condition"] == condition)
+    if scale is not None:
+        mask &= np.isclose(pd.to_numeric(rows["scale"], errors="coerce").astype(float), scale)
+    found = rows.loc[mask, ["layer", "value", "error"]].astype(float)
+    found = found[np.isfinite(found["value"])].groupby("layer", as_index=False).first()
+    return found.sort_values("layer")
+
+
+def _with_data(rows: pd.DataFrame, metrics: Sequence[str], scale: float | None = None) -> set[str]:
+    """Conditions with at least one finite value of any of the metrics."""
+    mask = rows["metric"].isin(metrics) & np.isfinite(pd.to_numeric(rows["value"], errors="coerce").astype(float))
+    if scale is not None:
+        mask &= np.isclose(pd.to_numeric(rows["scale"], errors="coerce").astype(float), scale)
+    return set(rows.loc[mask, "condition"])
+
+
+def _finish(fig: Figure, axes, title: str, footer: str, legend_title: str = "condition") -> Figure:
+    """One legend outside the axes (right), the title, and the settings line under the axes."""
+    handles, labels = {}, []
+    for ax in np.ravel(axes):
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = handle
+                labels.append(label)
+    labels.sort(key=lambda label: label == "majority baseline")  # reference lines after the conditions
+    if handles:
+        fig.legend([handles[label] for label in labels], labels, loc="outside right upper", title=legend_title,
+                   fontsize=8, title_fontsize=9)
+    _title_and_footer(fig, title, footer)
+    return fig
+
+
+def _title_and_footer(fig: Figure, title: str, footer: str) -> None:
+    """The title at the top left (clear of the legend at the top right); the settings under the axes, wrapped
+    to the figure's width."""
+    fig.suptitle(title, fontsize=12, x=0.01, ha="left")
+    if footer:
+        width = int(fig.get_figwidth() * 15)
+        fig.supxlabel(textwrap.fill(footer, width), fontsize=7.5, color="0.25", x=0.01, ha="left")
+
+
+def _empty_panel(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=9, color="0.4", wrap=True)
+
+
+@dataclass(frozen=True)
+class Panel:
+    metric: str
+    ylabel: str
+    title: str = ""
+    ylim: tuple[float, float] | None = None
+    baseline: str | None = None  # a metric drawn as one dotted black line (mean over the shown conditions)
+
+
+def layer_figure(metrics: pd.DataFrame, model: str, panels: Sequence[Panel], title: str, *,
+                 steps: Mapping[str, int] | None = None, conditions: Sequence[str] | None = None,
+                 scale: float | None = None, errorbars: bool = False, footer: str = "") -> Figure:
+    """Panels of metrics against layer, one line per shown condition (`selection.layerwise_conditions`)."""
+    rows = _model_rows(metrics, model, "metric table")
+    wanted = [panel.metric for panel in panels]
+    available = _keep(_with_data(rows, wanted, scale), conditions)
+    shown = layerwise_conditions(available, steps)
+    if not shown:
+        at = f" at scale {scale:g}" if scale is not None else ""
+        raise NoData(f"the metric table has no finite {' / '.join(wanted)} values{at} for model {model!r} under "
+                     "a base k-shot or fine-tuned condition")
+    styles = condition_styles(shown, steps)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels) + 2.6, 4.3), squeeze=False,
+                             layout="constrained")
+    for ax, panel in zip(axes[0], panels):
+        drawn = 0
+        for condition in shown:
+            found = _series(rows, panel.metric, condition, scale)
+            if found.empty:
+                continue
+            drawn += 1
+            style = dict(styles[condition], markersize=4, linewidth=1.6)
+            if errorbars and np.isfinite(found["error"]).any():
+                ax.errorbar(found["layer"], found["value"], yerr=found["error"].fillna(0), capsize=2,
+                            elinewidth=0.9, **style)
+            else:
+                ax.plot(found["layer"], found["value"], **style)
+        if panel.baseline:
+            base = rows[rows["metric"] == panel.baseline]
+            base = base[base["condition"].isin(shown)].astype({"value": float}).groupby("layer")["value"].mean()
+            if np.isfinite(base).any():
+                ax.plot(base.index, base.values, color="black", linestyle=":", linewidth=1.4,
+                        label="majority baseline")
+        if not drawn:
+            _empty_panel(ax, f"no finite {panel.metric} values")
+        ax.set_xlabel(LAYER_LABEL)
+        ax.set_ylabel(panel.ylabel)
+        if panel.title:
+            ax.set_title(panel.title, fontsize=10)
+        if panel.ylim:
+            ax.set_ylim(*panel.ylim)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    return _finish(fig, axes, f"{model}: {title}", footer)
+
+
+def plot_id_gride(metrics, model, n2, **kwargs) -> Figure:
+    panel = Panel("id_gride", f"intrinsic dimension (Gride, n2 = {n2:g})")
+    return layer_figure(metrics, model, [panel], f"intrinsic dimension (Gride at n1 = {n2 / 2:g}, n2 = {n2:g})",
+                        scale=n2, errorbars=True, **kwargs)
+
+
+def plot_n_clusters(metrics, model, **kwargs) -> Figure:
+    panel = Panel("n_clusters", "number of ADP clusters")
+    return layer_figure(metrics, model, [panel], "number of density peaks (ADP clusters, no halo)", **kwargs)
+
+
+def plot_ari(metrics, model, **kwargs) -> Figure:
+    panels = [Panel("ari_subject", "ARI with subjects", "clusters vs subjects", (-0.05, 1.05)),
+              Panel("ari_letter", "ARI with answer letters", "clusters vs answer letters", (-0.05, 1.05))]
+    return layer_figure(metrics, model, panels, "adjusted Rand index of the ADP clusters", **kwargs)
+
+
+def plot_label_overlap(metrics, model, **kwargs) -> Figure:
+    panels = [Panel("label_overlap_subject", "label overlap (subjects)", "neighbours sharing the subject",
+                    (0, 1.05)),
+              Panel("label_overlap_letter", "label overlap (answer letters)", "neighbours sharing the answer letter",
+                    (0, 1.05))]
+    return layer_figure(metrics, model, panels, "label overlap of the nearest neighbours", **kwargs)
+
+
+def plot_probe(metrics, model, **kwargs) -> Figure:
+    panels = [Panel("probe_subject", "probe accuracy (subject)", "linear probe: subject", (0, 1.05),
+                    baseline="probe_subject_baseline"),
+              Panel("probe_letter", "probe accuracy (answer letter)", "linear probe: answer letter", (0, 1.05),
+                    baseline="probe_letter_baseline")]
+    return layer_figure(metrics, model, panels, "linear-probe accuracy (cross-validated)", errorbars=True, **kwargs)
+
+
+def _pair(rows: pd.DataFrame, a: str, b: str) -> pd.Series:
+    """value by layer of the overlap between conditions a and b at the same layer (either order)."""
+    mask = ((rows["condition_a"] == a) & (rows["condition_b"] == b)) | (
+        (rows["condition_a"] == b) & (rows["condition_b"] == a))
+    found = rows[mask].astype({"value": float}).groupby("layer_a")["value"].first().sort_index()
+    return found[np.isfinite(found)]
+
+
+def plot_data_overlap(overlap: pd.DataFrame, model: str, *, steps: Mapping[str, int] | None = None,
+                      conditions: Sequence[str] | None = None, footer: str = "") -> Figure:
+    """Top row: χ_k between each base k-shot condition and a method's last checkpoint, against layer; bottom row:
+    χ_k between 0-shot (the base model on the prompts the checkpoints see) and each shown checkpoint; a column
+    per fine-tuning method."""
+    rows = _model_rows(overlap, model, "overlap table")
+    rows = rows[(rows["metric"] == "data_overlap") & (rows["layer_a"] == rows["layer_b"])
+                & (rows["condition_a"] != rows["condition_b"])]
+    names = _keep(set(rows["condition_a"]) | set(rows["condition_b"]), conditions)
+    finals = final_checkpoints(names, steps)
+    bases = base_conditions(names)
+    if not finals:
+        raise NoData(f"the overlap table has no fine-tuned condition for model {model!r}, so there is no "
+                     "fine-tuned representation to compare the k-shot ones with")
+    if not bases:
+        raise NoData(f"the overlap table has no base k-shot condition for model {model!r}")
+    checkpoints = shown_checkpoints(names, steps)
+    styles = condition_styles(bases + [c for cs in checkpoints.values() for c in cs] + list(finals.values()), steps)
+    ks = sorted(pd.to_numeric(rows["k"], errors="coerce").dropna().unique())
+    k = ", ".join(f"{v:g}" for v in ks) or "?"
+    fig, axes = plt.subplots(2, len(finals), figsize=(5.2 * len(finals) + 2.8, 7.6), squeeze=False,
+                             sharex=True, sharey=True, layout="constrained")
+    for col, (method, final) in enumerate(finals.items()):
+        top, bottom = axes[0, col], axes[1, col]
+        for base in bases:
+            found = _pair(rows, base, final)
+            if not found.empty:
+                top.plot(found.index, found.values, markersize=4, **styles[base])
+        top.set_title(f"k-shot (ICL) vs {final} (fine-tuned, last checkpoint)", fontsize=9.5)
+        if "0shot" in names:
+            for checkpoint in checkpoints[method]:
+                found = _pair(rows, "0shot", checkpoint)
+                if not found.empty:
+                    bottom.plot(found.index, found.values, markersize=4, **styles[checkpoint])
+            bottom.set_title(f"0shot (base model) vs {method} checkpoints", fontsize=9.5)
+        else:
+            _empty_panel(bottom, "no 0shot condition to compare the checkpoints with")
+        for ax in (top, bottom):
+            if not ax.lines and not ax.texts:
+                _empty_panel(ax, "no overlap rows for these pairs")
+            ax.set_ylim(0, 1.05)
+            ax.set_ylabel(f"data overlap χ_k (k = {k})")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+        bottom.set_xlabel(LAYER_LABEL)
+    return _finish(fig, axes, f"{model}: {FIGURE_TITLES['data_overlap']}", footer,
+                   legend_title="the other condition")
+
+
+def _spread_layers(layers: Sequence[int], n: int) -> list[int]:
+    layers = sorted(layers)
+    if len(layers) <= n:
+        return layers
+    return sorted({layers[i] for i in np.round(np.linspace(0, len(layers) - 1, n)).astype(int)})
+
+
+def plot_local_id_steps(metrics: pd.DataFrame, accuracy: pd.DataFrame, model: str,
+                        steps: Mapping[str, int] | None, *, conditions: Sequence[str] | None = None,
+                        max_layers: int = 8, footer: str = "") -> Figure:
+    """Per fine-tuning method (a row): mean local ID against optimizer step, a line per layer (at most
+    `max_layers`, evenly spread over the layers that have values), for the last-token rows and, where extracted,
+    the all-token sample; then constrained accuracy (micro solid, macro dashed) against step, with each k-shot
+    prompt's accuracy on the base model as a dotted horizontal line. Step 0 is `0shot` (the base model on the same
+    0-shot prompts); a checkpoint saved under two names at one step is drawn once."""
+    rows = _model_rows(metrics, model, "metric table")
+    acc = _model_rows(accuracy, model, "accuracy table")
+    names = _keep(set(rows["condition"]) | set(acc["condition"]), conditions)
+    series = step_series(names, steps)
+    if not series:
+        raise NoData(f"model {model!r} has no fine-tuned checkpoint with a known optimizer step in the tables, so "
+                     "there is nothing to place against step (fine-tuning is off, or the step mapping is empty)")
+    finetuned = {c for s in series.values() for _, c in s}
+    local = [m for m in ("local_id_mean", "token_local_id_mean") if _with_data(rows, [m]) & finetuned]
+    start = [(0, "0shot")] if "0shot" in names else []
+    cmap = matplotlib.colormaps["viridis"]
+    fig, axes = plt.subplots(len(series), len(local) + 1, figsize=(4.8 * (len(local) + 1) + 2.4,
+                                                                   3.9 * len(series)),
+                             squeeze=False, layout="constrained")
+    base_acc = acc[acc["condition"].isin(base_conditions(names)) & (acc["condition"] != "0shot")]
+    base_colours = condition_styles(base_conditions(names))
+    panels = {}  # (row, metric) -> (rows of the metric, layer x condition table, layers drawn)
+    for row, (method, points) in enumerate(series.items()):
+        order = [condition for _, condition in start + points]
+        for metric in local:
+            found = rows[(rows["metric"] == metric) & rows["condition"].isin(order)].astype({"value": float})
+            table = found.pivot_table(index="layer", columns="condition", values="value", aggfunc="first")
+            table = table.reindex(columns=order)
+            layers = _spread_layers([layer for layer in table.index if np.isfinite(table.loc[layer]).any()],
+                                    max_layers)
+            panels[row, metric] = found, table, layers
+    # one colour per layer drawn anywhere, by rank (dark = early, yellow = late), the same in every panel
+    drawn = sorted({layer for _, _, layers in panels.values() for layer in layers})
+    colour = {layer: cmap(i / max(len(drawn) - 1, 1)) for i, layer in enumerate(drawn)}
+    for row, (method, points) in enumerate(series.items()):
+        points = start + points
+        xs = np.array([step for step, _ in points], dtype=float)
+        order = [condition for _, condition in points]
+        for col, metric in enumerate(local):
+            ax = axes[row, col]
+            found, table, layers = panels[row, metric]
+            for layer in layers:
+                ax.plot(xs, table.loc[layer].to_numpy(dtype=float), marker="o", markersize=3.5,
+                        color=colour[layer], label=f"layer {layer:g}")
+            scale = pd.to_numeric(found["scale"], errors="coerce").dropna().unique()
+            what = "last token of each prompt" if metric == "local_id_mean" else "all-token sample"
+            neighbours = f", L = {scale[0]:g}" if len(scale) == 1 else ""
+            ax.set_title(f"{method}: mean local ID ({what}{neighbours})", fontsize=9.5)
+            ax.set_ylabel("mean local ID")
+            if not layers:
+                _empty_panel(ax, f"no finite {metric} values")
+        ax = axes[row, len(local)]
+        by_condition = acc.groupby("condition").first()
+        for column, style in (("micro", "-"), ("macro", "--")):
+            ys = [float(by_condition.at[c, column]) if c in by_condition.index else np.nan for c in order]
+            ax.plot(xs, ys, color="tab:red", linestyle=style, marker="s", markersize=3.5,
+                    label=f"fine-tuned, {column}")
+        for _, base in base_acc.iterrows():
+            ax.axhline(float(base["micro"]), color=base_colours[base["condition"]]["color"], linestyle=":",
+                       linewidth=1.3, label=f"{base['condition']} (base model, micro)")
+        ax.axhline(CHANCE, color="0.5", linestyle="-.", linewidth=0.9, label="chance (0.25)")
+        ax.set_title(f"{method}: accuracy (constrained to A–D)", fontsize=9.5)
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1.02)
+        for ax in axes[row]:
+            ax.set_xscale("symlog", linthresh=1)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            ax.set_xlim(left=-0.1 if start else None)
+            ax.set_xlabel(STEP_LABEL)
+            ax.grid(alpha=0.3)
+    _two_legends(fig, axes, len(local))
+    _title_and_footer(fig, f"{model}: {FIGURE_TITLES['local_id_steps']}", footer)
+    return fig
+
+
+def _two_legends(fig: Figure, axes, n_local: int) -> None:
+    """Layers (local-ID panels) in one legend, accuracy lines in another, both outside on the right."""
+    def collect(panels):
+        handles = {}
+        for ax in panels:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(label, handle)
+        return handles
+
+    layers = collect(axes[:, :n_local].ravel())
+    layers = dict(sorted(layers.items(), key=lambda item: float(item[0].split()[-1])))
+    lines = collect(axes[:, n_local].ravel())
+    if layers:
+        fig.legend(list(layers.values()), list(layers), loc="outside right upper", title="layer (local ID)",
+                   fontsize=8, title_fontsize=9)
+    if lines:
+        fig.legend(list(lines.values()), list(lines), loc="outside right lower", title="accuracy", fontsize=8,
+                   title_fontsize=9)
+
+
+def nothing_to_show(name: str, model: str, reason: str) -> Figure:
+    """A figure that says there is nothing to show, and why (the workflow declares every figure)."""
+    fig = plt.figure(figsize=(8, 2.6))
+    fig.text(0.5, 0.72, f"{model}: {FIGURE_TITLES.get(name, name)}", ha="center", va="center", fontsize=13,
+             weight="bold")
+    fig.text(0.5, 0.38, "Nothing to show: " + textwrap.fill(reason, 90), ha="center", va="center", fontsize=10)
+    fig.nothing_to_show = reason
+    return fig
+
+
+def settings_footer(name: str, params: AnalysisParams) -> str:
+    """The analysis settings a figure depends on, as one line under it."""
+    n2 = gride_scale(params.id_scale_index)
+    clusters = (f"ADP clustering with Z = {params.Z:g}, no halo, on the kNN density (k = {params.density_k}) with "
+                f"the Gride ID at n2 = {n2}; maxk = {params.maxk}")
+    lines = {
+        "id_gride": f"Gride ID at ranks (n1, n2) = ({n2 // 2}, {n2}) (id_scale_index = {params.id_scale_index}, "
+                    f"range_max = {params.range_max}); error bars: standard error; maxk = {params.maxk}",
+        "n_clusters": clusters,
+        "ari": clusters + "; ARI against the subject and the gold letter of each prompt",
+        "label_overlap": f"each point's floor({params.class_fraction:g} × class size) nearest neighbours; mean over "
+                         f"classes (macro); maxk = {params.maxk}",
+        "data_overlap": f"χ_k with k = {params.overlap_k}: the fraction of the k nearest neighbours two "
+                        "representations of the same prompts share, at the same layer; fine-tuned checkpoints "
+                        "see the 0-shot prompts",
+        "probe": f"multinomial logistic regression on the first {params.probe_pca_dim} principal components, "
+                 f"{params.probe_folds} stratified folds; error bars: standard deviation over folds",
+        "local_id_steps": f"local ID: TwoNN in each point's L = {params.local_id_neighbors} nearest neighbours, the "
+                          f"largest {params.local_id_discard:.0%} of r2/r1 dropped; step 0 = the base model, "
+                          "0-shot prompt; accuracy: argmax over the letter tokens A-D",
+        "accuracy_table": "",
+    }
+    common = "all distances Euclidean on the distinct rows in float64"
+    return "; ".join(filter(None, [lines.get(name, ""), common if name != "accuracy_table" else ""]))
+
+
+def model_figures(metrics: pd.DataFrame, overlap: pd.DataFrame, accuracy: pd.DataFrame, model: str,
+                  steps: Mapping[str, int] | None, params: AnalysisParams | Mapping | None = None, *,
+                  conditions: Sequence[str] | None = None) -> dict[str, Figure]:
+    """Every figure of `FIGURE_NAMES` for one model; a figure without data says so (and why) instead."""
+    from repgeom.plots.tables import plot_accuracy_table
+
+    params = AnalysisParams.coerce(params)
+    steps = dict(steps or {})
+    common = dict(steps=steps, conditions=conditions)
+    builders: dict[str, Callable[[], Figure]] = {
+        "id_gride": lambda: plot_id_gride(metrics, model, gride_scale(params.id_scale_index), **common,
+                                          footer=settings_footer("id_gride", params)),
+        "n_clusters": lambda: plot_n_clusters(metrics, model, **common, footer=settings_footer("n_clusters", params)),
+        "ari": lambda: plot_ari(metrics, model, **common, footer=settings_footer("ari", params)),
+        "label_overlap": lambda: plot_label_overlap(metrics, model, **common,
+                                                    footer=settings_footer("label_overlap", params)),
+        "data_overlap": lambda: plot_data_overlap(overlap, model, **common,
+                                                  footer=settings_footer("data_overlap", params)),
+        "probe": lambda: plot_probe(metrics, model, **common, footer=settings_footer("probe", params)),
+        "local_id_steps": lambda: plot_local_id_steps(metrics, accuracy, model, steps, conditions=conditions,
+                                                      footer=settings_footer("local_id_steps", params)),
+        "accuracy_table": lambda: plot_accuracy_table(accuracy, model, steps=steps, conditions=conditions),
+    }
+    figures = {}
+    for name in FIGURE_NAMES:
+        try:
+            figures[name] = builders[name]()
+        except NoData as reason:
+            figures[name] = nothing_to_show(name, model, str(reason))
+    return figures
+
+
+def write_figures(figures: Mapping[str, Figure], out_dir: str | Path, pdf: bool = False,
+                  dpi: int = 130) -> list[Path]:
+    """`{name}.png` (and `{name}.pdf`) for each figure, each written atomically; the figures are closed."""
+    out_dir = Path(out_dir)
+    written = []
+    for name, fig in figures.items():
+        for suffix in (".png", ".pdf") if pdf else (".png",):
+            path = out_dir / f"{name}{suffix}"
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format=suffix[1:], dpi=dpi)
+            written.append(path)
+        plt.close(fig)
+    return written
+
+
+__all__ = [
+    "FIGURE_NAMES", "NoData", "Panel", "gride_scale", "layer_figure", "model_figures", "nothing_to_show",
+    "plot_ari", "plot_data_overlap", "plot_id_gride", "plot_label_overlap", "plot_local_id_steps",
+    "plot_n_clusters", "plot_probe", "settings_footer", "write_figures",
+]

@@ -1,0 +1,112 @@
+"""Reading and checking the figure command's inputs: every problem is an `InputError` naming the file and what is
+missing, so the command can stop with one line instead of a traceback."""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from repgeom.analysis.params import AnalysisParams
+from repgeom.conditions import finetuned_condition, parse_condition
+
+METRIC_COLUMNS = ("model", "condition", "layer", "metric", "scale", "value", "error")
+OVERLAP_COLUMNS = ("model", "condition_a", "condition_b", "layer_a", "layer_b", "metric", "k", "value")
+ACCURACY_COLUMNS = ("model", "condition", "n", "micro", "macro", "micro_argmax", "macro_argmax")
+
+
+class InputError(ValueError):
+    """A figure input is missing, unreadable or lacks what the figures need."""
+
+
+def read_table(path: str | Path, columns: Sequence[str], what: str) -> pd.DataFrame:
+    """A parquet or CSV table (by suffix) with at least `columns` and one row."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {what} not found")
+    try:
+        frame = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    except Exception as err:  # pyarrow and pandas raise many kinds
+        raise InputError(f"{path}: cannot read the {what}: {err}") from None
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise InputError(f"{path}: the {what} lacks column(s) {', '.join(missing)} "
+                         f"(it has {', '.join(map(str, frame.columns)) or 'none'})")
+    if frame.empty:
+        raise InputError(f"{path}: the {what} is empty")
+    return frame
+
+
+def check_model(frame: pd.DataFrame, model: str, path: str | Path, what: str) -> None:
+    if not (frame["model"] == model).any():
+        known = ", ".join(sorted(map(str, frame["model"].dropna().unique())))
+        raise InputError(f"{path}: the {what} has no rows for model {model!r} (it has: {known})")
+
+
+def check_conditions(frame: pd.DataFrame, columns: Sequence[str], path: str | Path, what: str) -> None:
+    for column in columns:
+        for name in frame[column].dropna().unique():
+            try:
+                parse_condition(str(name))
+            except ValueError as err:
+                raise InputError(f"{path}: the {what}'s column {column}: {err}") from None
+
+
+def _json(text: str, option: str):
+    """A JSON literal, or the path of a JSON file."""
+    source = option
+    if not text.lstrip().startswith(("{", "[")):
+        path = Path(text)
+        if not path.is_file():
+            raise InputError(f"{option}: {text!r} is neither a JSON object nor an existing JSON file")
+        source, text = str(path), path.read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{source}: not valid JSON: {err}") from None
+
+
+def parse_steps(text: str, option: str = "--checkpoint-steps-json") -> dict[str, int]:
+    """{"ft-{method}-{checkpoint}": optimizer step, …}; names must be fine-tuned conditions, steps integers >= 0."""
+    steps = _json(text, option)
+    if not isinstance(steps, dict):
+        raise InputError(f"{option}: expected a JSON object of condition -> step, got {type(steps).__name__}")
+    for name, step in steps.items():
+        try:
+            finetuned = parse_condition(name).is_finetuned
+        except ValueError as err:
+            raise InputError(f"{option}: {err}") from None
+        if not finetuned:
+            raise InputError(f"{option}: {name!r} is not a fine-tuned condition (ft-{{method}}-{{checkpoint}})")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise InputError(f"{option}: the step of {name!r} must be an integer >= 0, got {step!r}")
+    return steps
+
+
+def parse_settings(text: str, option: str = "--settings-json") -> AnalysisParams:
+    """The analysis parameters (config `analysis.params`; keys left out take the reference values)."""
+    params = _json(text, option)
+    if not isinstance(params, dict):
+        raise InputError(f"{option}: expected a JSON object of analysis parameters, got {type(params).__name__}")
+    try:
+        return AnalysisParams.coerce(params)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{option}: {err}") from None
+
+
+def steps_from_runs(specs: list[str]) -> dict[str, int]:
+    """`METHOD=FILE` per training run, FILE being its checkpoints.json ({checkpoint: step}): the steps of the
+    fine-tuned conditions `ft-{method}-{checkpoint}`."""
+    steps = {}
+    for spec in specs:
+        method, sep, path = spec.partition("=")
+        if not sep or not method or not path:
+            raise InputError(f"--checkpoints {spec!r}: expected METHOD=PATH/checkpoints.json")
+        option = f"--checkpoints {spec}"
+        run = _json(path, option)
+        if not isinstance(run, dict):
+            raise InputError(f"{option}: expected a JSON object of checkpoint -> step, got {type(run).__name__}")
+        renamed = {finetuned_condition(method, name): step for name, step in run.items()}
+        steps.update(parse_steps(json.dumps(renamed), option))
+    return steps

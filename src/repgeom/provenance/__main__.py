@@ -1,0 +1,5 @@
+import sys
+
+from repgeom.provenance.cli import main
+
+sys.exit(main())

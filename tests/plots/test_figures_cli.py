@@ -1,0 +1,111 @@
+import json
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from repgeom.plots import FIGURE_NAMES
+from repgeom.plots.__main__ import main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+SETTINGS = json.dumps({"maxk": 100, "range_max": 64, "id_scale_index": 4, "local_id_neighbors": 64})
+
+
+def figures_args(paths, out_dir, steps, *extra, model="m", settings=SETTINGS):
+    return ["figures", "--metrics", str(paths["metrics"]), "--overlap", str(paths["overlap"]),
+            "--accuracy", str(paths["accuracy"]), "--checkpoint-steps-json", json.dumps(steps),
+            "--settings-json", settings, "--model", model, "--out-dir", str(out_dir), *extra]
+
+
+def test_figures_writes_every_named_png_and_pdf(table_files, synthetic, tmp_path, caplog):
+    caplog.set_level("INFO")
+    out = tmp_path / "figures" / "m"
+    assert main(figures_args(table_files, out, synthetic.STEPS, "--pdf")) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{name}{suffix}" for name in FIGURE_NAMES for suffix in (".png", ".pdf"))  # nothing temporary left
+    for name in FIGURE_NAMES:
+        png = out / f"{name}.png"
+        assert png.read_bytes()[:8] == PNG and png.stat().st_size > 30_000, name
+        with Image.open(png) as image:
+            width, height = image.size
+        assert 600 <= width <= 3000 and 300 <= height <= 2500, (name, image.size)
+        assert (out / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+    assert "nothing to show" not in caplog.text
+
+
+def test_figures_steps_from_a_file_and_without_finetuning(table_files, synthetic, tmp_path, caplog):
+    caplog.set_level("INFO")
+    steps = tmp_path / "steps.json"
+    steps.write_text(json.dumps(synthetic.STEPS))
+    out = tmp_path / "with-file"
+    args = figures_args(table_files, out, {}, "--conditions", *synthetic.BASE)
+    args[args.index("--checkpoint-steps-json") + 1] = str(steps)
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{name}.png" for name in FIGURE_NAMES)
+    assert "local_id_steps: nothing to show: model 'm' has no fine-tuned checkpoint" in caplog.text
+    assert "data_overlap: nothing to show" in caplog.text and "ari: drawn" in caplog.text
+    assert (out / "local_id_steps.png").stat().st_size > 5_000
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: pd.read_parquet(p["metrics"]).drop(columns="scale").to_parquet(p["metrics"]),
+     "all.parquet: the metric table lacks column(s) scale"),
+    (lambda p: pd.read_parquet(p["overlap"]).iloc[:0].to_parquet(p["overlap"]),
+     "overlap.parquet: the overlap table is empty"),
+    (lambda p: pd.read_csv(p["accuracy"]).drop(columns=["micro", "macro"]).to_csv(p["accuracy"], index=False),
+     "accuracy.csv: the accuracy table lacks column(s) micro, macro"),
+    (lambda p: pd.read_csv(p["accuracy"]).query("model != 'm'").to_csv(p["accuracy"], index=False),
+     "accuracy.csv: the accuracy table has no rows for model 'm' (it has: other)"),
+    (lambda p: p["metrics"].write_bytes(b"not parquet"), "all.parquet: cannot read the metric table"),
+    (lambda p: p["overlap"].unlink(), "overlap.parquet: overlap table not found"),
+    (lambda p: pd.read_parquet(p["metrics"]).replace({"condition": {"1shot": "one shot"}}).to_parquet(p["metrics"]),
+     "all.parquet: the metric table's column condition: condition 'one shot' is not"),
+])
+def test_bad_input_names_the_file_and_what_is_missing(table_files, synthetic, tmp_path, caplog, capsys, change,
+                                                      message):
+    change(table_files)
+    out = tmp_path / "out"
+    assert main(figures_args(table_files, out, synthetic.STEPS)) == 1
+    assert message in caplog.text
+    assert "Traceback" not in caplog.text + capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--model", "nope", "all.parquet: the metric table has no rows for model 'nope' (it has: m, other)"),
+    ("--settings-json", '{"maxk": 100, "bogus": 1}', "--settings-json: unknown analysis parameter(s) ['bogus']"),
+    ("--settings-json", "{maxk: 1", "--settings-json: not valid JSON"),
+    ("--checkpoint-steps-json", '{"5shot": 3}', "'5shot' is not a fine-tuned condition"),
+    ("--checkpoint-steps-json", '{"ft-lora-step1": -1}', "the step of 'ft-lora-step1' must be an integer >= 0"),
+    ("--checkpoint-steps-json", "missing.json", "is neither a JSON object nor an existing JSON file"),
+    ("--conditions", "7shot", "all.parquet: the metric table has no rows for condition(s) 7shot of model 'm'"),
+])
+def test_bad_options_are_one_line_errors(table_files, synthetic, tmp_path, caplog, option, value, message):
+    args = figures_args(table_files, tmp_path / "out", synthetic.STEPS)
+    if option in args:
+        args[args.index(option) + 1] = value
+    else:
+        args += [option, value]
+    assert main(args) == 1
+    assert message in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+def test_steps_from_each_training_runs_checkpoints_file(synthetic, tmp_path):
+    """The workflow hands each run's checkpoints.json ({checkpoint: step}); conditions are ft-{method}-{checkpoint}."""
+    from repgeom.plots.inputs import InputError, steps_from_runs
+
+    by_method = {}
+    for condition, step in synthetic.STEPS.items():
+        method, checkpoint = condition.removeprefix("ft-").rsplit("-", 1)
+        by_method.setdefault(method, {})[checkpoint] = step
+    specs = []
+    for method, run in by_method.items():
+        (tmp_path / f"{method}.json").write_text(json.dumps(run))
+        specs.append(f"{method}={tmp_path / f'{method}.json'}")
+    assert steps_from_runs(specs) == synthetic.STEPS
+    with pytest.raises(InputError, match="expected METHOD=PATH"):
+        steps_from_runs(["lora"])
+    (tmp_path / "bad.json").write_text(json.dumps({"step1": -1}))
+    with pytest.raises(InputError, match="the step of 'ft-lora-step1' must be an integer >= 0"):
+        steps_from_runs([f"lora={tmp_path / 'bad.json'}"])
