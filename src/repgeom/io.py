@@ -38,15 +38,19 @@ def write_json(obj, path: str | Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def read_parquet_table(path: str | Path, what: str, error: type[Exception]):
-    """The parquet file at `path` as a DataFrame, or `error` naming the file (as `what`) if it is missing or
-    unreadable, rather than pyarrow's own exception."""
+def read_parquet_table(path: str | Path, what: str, error: type[Exception], columns=()):
+    """The parquet file at `path` as a DataFrame, or `error` naming the file (as `what`) if it is missing,
+    unreadable or lacks one of `columns`, rather than pyarrow's own exception."""
     import pandas as pd
 
     path = Path(path)
     if not path.is_file():
         raise error(f"{what} {str(path)!r} does not exist")
     try:
-        return pd.read_parquet(path)
+        frame = pd.read_parquet(path)
     except Exception as err:  # pyarrow raises several types for a file that is not parquet
         raise error(f"{what} {str(path)!r} is not a readable parquet file: {err}") from err
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise error(f"{what} {str(path)!r} lacks column(s) {missing}; it has {list(frame.columns)}")
+    return frame

@@ -73,10 +73,7 @@ class ExtractionSettings:
 
 def read_prompts(path: str | Path) -> pd.DataFrame:
     path = Path(path)
-    frame = read_parquet_table(path, "prompts file", PromptSetError)
-    missing = [c for c in PROMPT_COLUMNS if c not in frame.columns]
-    if missing:
-        raise PromptSetError(f"prompts file {str(path)!r} lacks column(s) {missing}; it has {list(frame.columns)}")
+    frame = read_parquet_table(path, "prompts file", PromptSetError, PROMPT_COLUMNS)
     if frame.empty:
         raise PromptSetError(f"prompts file {str(path)!r} has no rows")
     duplicated = frame["question_id"][frame["question_id"].duplicated()]

@@ -30,10 +30,7 @@ class EncodedSet:
 
 def read_finetune_set(path: str | Path) -> pd.DataFrame:
     path = Path(path)
-    frame = read_parquet_table(path, "fine-tuning set", FinetuneError)
-    missing = [column for column in COLUMNS if column not in frame.columns]
-    if missing:
-        raise FinetuneError(f"fine-tuning set {str(path)!r} lacks column(s) {missing}; it has {list(frame.columns)}")
+    frame = read_parquet_table(path, "fine-tuning set", FinetuneError, COLUMNS)
     if frame.empty:
         raise FinetuneError(f"fine-tuning set {str(path)!r} has no rows: there is nothing to train on")
     for row, item in enumerate(frame.itertuples(index=False)):
