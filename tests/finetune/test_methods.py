@@ -80,7 +80,7 @@ def test_prompt_learning_methods_train_and_load(method, tiny_llama_dir, finetune
     assert outputs["epoch1"].shape[1] == plain.shape[1] + (4 if method == "prompt_tuning" else 0)
     assert (outputs["epoch1"] - outputs["step1"]).abs().max() > 1e-4  # training moved the prompt
     if method == "prefix_subspace":
-        for name in names:
+        for name in steps:
             vertices = load_file(out / "checkpoints" / name / VERTICES_FILE)["vertices"]
             centre = load_file(out / "checkpoints" / name / "adapter_model.safetensors")["prompt_embeddings"]
             assert vertices.shape == (3, *centre.shape)
