@@ -27,6 +27,7 @@ from repgeom.analysis.neighbors import deduplicate, knn
 from repgeom.analysis.layer import AnalysisInputError, analyze_layer, token_local_id_rows, validate_representation
 from repgeom.analysis.params import AnalysisParams
 from repgeom.io import write_parquet
+from repgeom.logs import configure_logging
 
 log = logging.getLogger("repgeom.analysis")
 
@@ -211,9 +212,7 @@ def main(argv=None) -> int:
     ovl.set_defaults(func=cmd_overlap)
 
     args = parser.parse_args(argv)
-    handlers = [logging.StreamHandler()] + ([logging.FileHandler(args.log)] if args.log else [])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        handlers=handlers, force=True)
+    configure_logging(args.log)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

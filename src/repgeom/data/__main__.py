@@ -10,6 +10,7 @@ import pandas as pd
 
 from repgeom.data import mmlu, prompts, sampling, synthetic, variants
 from repgeom.io import write_parquet
+from repgeom.logs import configure_logging
 
 log = logging.getLogger("repgeom.data")
 
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
     prm.set_defaults(func=cmd_prompts)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging()
     try:
         args.func(args)
     except (mmlu.DatasetError, OSError, ValueError) as err:

@@ -6,12 +6,12 @@ MASTER_ADDR/MASTER_PORT exported); each rank writes its own row chunks. Rerun th
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from repgeom.distributed import LaunchError
 from repgeom.extract.hooks import HOOKS, UnsupportedArchitecture
 from repgeom.extract.run import ExtractionJob, ExtractionSettings, PromptSetError
+from repgeom.logs import configure_logging
 from repgeom.models.loading import ModelLoadError
 from repgeom.store.layout import STORE_DTYPES, StoreError
 
@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    configure_logging()
     try:
         settings = ExtractionSettings(
             hook=args.hook, store_dtype=args.store_dtype, model_dtype=args.model_dtype,

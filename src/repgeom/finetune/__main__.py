@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
 from repgeom.distributed import LaunchError
 from repgeom.finetune.params import FinetuneError, parse_params
 from repgeom.finetune.trainer import FinetuneJob
+from repgeom.logs import configure_logging
 from repgeom.models.loading import ModelLoadError
 
 
@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    configure_logging()
     try:
         try:
             raw = json.loads(args.params_json)

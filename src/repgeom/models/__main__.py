@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from repgeom.io import atomic_path, write_parquet
+from repgeom.logs import configure_logging
 from repgeom.models.build import build_llama, pretrain, save_model, train_tokenizer
 
 log = logging.getLogger("repgeom.models")
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
     build.add_argument("--log-out", required=True)
     build.set_defaults(func=cmd_build)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging()
     args.func(args)
     return 0
 

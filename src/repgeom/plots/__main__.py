@@ -26,6 +26,7 @@ import sys
 import pandas as pd
 
 from repgeom.io import atomic_path, write_parquet
+from repgeom.logs import configure_logging
 from repgeom.plots import FIGURE_NAMES
 from repgeom.plots.tables import accuracy_table
 
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
     fig.add_argument("--pdf", action="store_true", help="write each figure as PDF too")
     fig.set_defaults(func=cmd_figures)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging()
     try:
         args.func(args)
     except (ValueError, OSError) as err:
