@@ -216,9 +216,12 @@ RANKS_PYTHON = "import os; print('rank', os.environ['RANK'], 'of', os.environ['W
 # fixtures
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster():
-    """tests/slurm/cluster.sh up, and down at the end when this fixture started it."""
+    """tests/slurm/cluster.sh up, and down at the end of the session when this fixture started it.
+
+    Not at the end of this module: with Slurm installed but its controller stopped, every later `snakemake`
+    call would wait 10 s for the Slurm executor plugin's `scontrol show config` to time out."""
     if os.geteuid() != 0:
         pytest.skip("a Slurm cluster needs root to install and start (tests/slurm/cluster.sh)")
     try:
