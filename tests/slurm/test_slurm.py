@@ -295,6 +295,11 @@ def runs(cluster, tmp_path_factory):
     for job_id, _, _ in active:
         wait_for_slurm_job(job_id)
     cancelled_states = {comment: scontrol_job(job_id)["JobState"] for job_id, _, comment in active}
+    # A job whose job-step Snakemake reported it done before scancel reached it (its outputs are stored and
+    # complete; Slurm still calls it CANCELLED when the cancel lands during the job's teardown).
+    job_logs = dict(re.findall(r"with SLURM jobid (\d+) \(log: (\S+?)\)\.", killed_log))
+    done_in_job = {comment for job_id, state, comment in active if state == "RUNNING"
+                   and "Finished jobid: 0 " in Path(job_logs[job_id]).read_text()}
     submitted = dict(re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", killed_log))
     comments = {job_id: comment for job_id, _, comment in squeue(interrupted_id)}
     finished_before_kill = {comments[submitted[n]] for n in re.findall(r"Finished jobid: (\d+)", killed_log)}
@@ -307,7 +312,7 @@ def runs(cluster, tmp_path_factory):
     return {
         "config": config, "planned": planned, "reference": ref, "interrupted": intr, "ranks": ranks,
         "outcome": outcome, "killed_log": killed_log, "interrupted_id": interrupted_id,
-        "cancelled_running": cancelled_running, "cancelled_states": cancelled_states,
+        "cancelled_running": cancelled_running, "cancelled_states": cancelled_states, "done_in_job": done_in_job,
         "finished_before_kill": finished_before_kill, "missing": missing, "resumed": resumed,
         "batch": (batch_fields, batch_out), "seconds": time.monotonic() - began,
     }
@@ -408,11 +413,13 @@ def test_killed_run_resumes_with_the_same_command(runs):
     ran = sorted(comment for _, _, comment in squeue(run_id(resumed.stdout + resumed.stderr)))
     # Only what was missing ran again: the job cut off, and those not started, not those finished before.
     assert ran == sorted(to_run)
-    # A running job can still complete between squeue and scancel; its own job step then recorded its
-    # outputs as complete, so it must not run again. Those that scancel cut off must.
-    states = runs["cancelled_states"]
-    cut_off = {comment for comment in runs["cancelled_running"] if states[comment] == "CANCELLED"}
-    completed = {comment for comment in runs["cancelled_running"] if states[comment] == "COMPLETED"}
+    # A running job can still finish between squeue and scancel (Slurm says COMPLETED, or CANCELLED when the
+    # cancel lands during its teardown); its own job step then recorded its outputs as complete, so it must
+    # not run again. Those that scancel cut off must.
+    states, done_in_job = runs["cancelled_states"], runs["done_in_job"]
+    cut_off = {comment for comment in runs["cancelled_running"]
+               if states[comment] == "CANCELLED" and comment not in done_in_job}
+    completed = set(runs["cancelled_running"]) - cut_off
     assert cut_off, f"no running job was cut off: {states}"
     assert cut_off <= set(ran) and not completed & set(ran)
     assert not set(ran) & runs["finished_before_kill"]
