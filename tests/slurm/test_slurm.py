@@ -295,12 +295,13 @@ def runs(cluster, tmp_path_factory):
     for job_id, _, _ in active:
         wait_for_slurm_job(job_id)
     cancelled_states = {comment: scontrol_job(job_id)["JobState"] for job_id, _, comment in active}
+    submissions = re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+?)\)\.", killed_log)
+    submitted = {number: job_id for number, job_id, _ in submissions}
     # A job whose job-step Snakemake reported it done before scancel reached it (its outputs are stored and
     # complete; Slurm still calls it CANCELLED when the cancel lands during the job's teardown).
-    job_logs = dict(re.findall(r"with SLURM jobid (\d+) \(log: (\S+?)\)\.", killed_log))
+    job_logs = {job_id: Path(log) for _, job_id, log in submissions}
     done_in_job = {comment for job_id, state, comment in active if state == "RUNNING"
-                   and "Finished jobid: 0 " in Path(job_logs[job_id]).read_text()}
-    submitted = dict(re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", killed_log))
+                   and "Finished jobid: 0 " in job_logs[job_id].read_text()}
     comments = {job_id: comment for job_id, _, comment in squeue(interrupted_id)}
     finished_before_kill = {comments[submitted[n]] for n in re.findall(r"Finished jobid: (\d+)", killed_log)}
 
