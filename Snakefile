@@ -26,6 +26,10 @@ include: "workflow/rules/extract.smk"
 include: "workflow/rules/analysis.smk"
 
 
+onstart:
+    write_resolved_config()
+
+
 rule all:
     default_target: True
     input:
@@ -38,7 +42,7 @@ rule all:
         adapters=expand(
             f"{RESULTS}/finetune/{{model}}/{{method}}/checkpoints.json",
             model=MODELS,
-            method=config.get("finetune", {}).get("methods", {}),
+            method=finetune_methods(),
         ),
         figures=expand(f"{RESULTS}/figures/{{model}}/{{name}}.png", model=MODELS, name=FIGURE_NAMES),
         variant_figures=expand(

@@ -1,6 +1,6 @@
 """Per-layer analysis wall time: the reference's DADApy-only path against this project's, on one run.
 
-  python benchmarks/analysis_speed.py                     # N = 10,000, D = 4096 (design.md §4)
+  python benchmarks/analysis_speed.py                     # N = 10,000, D = 4096 (docs/design.md §11)
   python benchmarks/analysis_speed.py --n 4000 --d 1024   # a few minutes on 2 cores
 
 (a) reference: `Data(X)`, `compute_distances(maxk)` (sklearn brute force), Gride, TwoNN, kNN density,

@@ -1,4 +1,4 @@
-"""Extraction throughput in tokens/s, three ways on the same model and prompts in one run (design.md §4).
+"""Extraction throughput in tokens/s, three ways on the same model and prompts in one run (docs/design.md §11).
 
   python benchmarks/extract_throughput.py               # GPU: random Llama-3-8B shape in bf16; CPU: a small Llama
   python benchmarks/extract_throughput.py --prompts 48  # quicker

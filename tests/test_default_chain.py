@@ -1,5 +1,6 @@
 """The embedded default, run for real end to end (with a shortened pre-training, to keep CI fast)."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ def snakemake(workdir, *args):
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("default_run")
-    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    config = yaml.safe_load((ROOT / "config/tiny.yaml").read_text())
     config["models"]["tiny-llama"]["build"]["pretrain"]["steps"] = 40
     config["shots"] = [0, 2]
     config["variants"] = {"wrong_answers": [2]}
@@ -79,6 +80,53 @@ def test_rerun_has_nothing_to_do(default_run):
     result = snakemake(workdir, "-n")
     assert result.returncode == 0
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def reordered(value):
+    """The same settings with every mapping's keys in reverse order."""
+    if isinstance(value, dict):
+        return {key: reordered(value[key]) for key in reversed(list(value))}
+    return value
+
+
+@pytest.mark.slow
+def test_same_settings_in_another_key_order_have_nothing_to_do(default_run, tmp_path):
+    workdir, config = default_run
+    (tmp_path / "reordered.yaml").write_text(yaml.safe_dump(reordered(config), sort_keys=False))
+    result = snakemake(workdir, "-n", "--configfile", str(tmp_path / "reordered.yaml"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_a_copied_checkout_with_its_results_has_nothing_to_do(default_run, tmp_path):
+    """No absolute path of the checkout decides a re-run: the workflow and the run's folder copied elsewhere."""
+    workdir, _ = default_run
+    checkout = tmp_path / "checkout"
+    for part in ("Snakefile", "workflow", "config", "profiles"):
+        copy = shutil.copytree if (ROOT / part).is_dir() else shutil.copy2
+        copy(ROOT / part, checkout / part)
+    moved = checkout / "run"
+    shutil.copytree(workdir, moved, symlinks=True)
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(checkout / "Snakefile"),
+                             "--directory", str(moved), "--configfile", str(moved / "config.yaml"), "--cores", "2"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_a_dry_run_leaves_what_the_audit_compares_with(default_run, tmp_path):
+    workdir, config = default_run
+    resolved = workdir / "results/config.resolved.json"
+    before = resolved.read_bytes()
+    other = {**config, "analysis": {**config["analysis"], "params": {**config["analysis"]["params"], "Z": 2.5}}}
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    result = snakemake(workdir, "-n", "--configfile", str(tmp_path / "other.yaml"))
+    assert result.returncode == 0 and "analyze_layers" in result.stdout, result.stderr[-3000:]
+    assert resolved.read_bytes() == before
+    assert audit(workdir).returncode == 0
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ def dry_run(*args, cwd=ROOT):
                            str(ROOT / "Snakefile"), *args], capture_output=True, text=True, env=OFFLINE, timeout=300)
 
 
-@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/paper_llama3_8b.yaml", "config/paper_llama3_70b.yaml"])
+@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/tiny.yaml", "config/paper_llama3_8b.yaml", "config/paper_llama3_70b.yaml"])
 def test_dry_run(configfile, tmp_path):
     result = dry_run("--configfile", str(ROOT / configfile), cwd=tmp_path)
     assert result.returncode == 0, result.stderr + result.stdout
@@ -46,7 +46,7 @@ def test_wrong_key_and_type_stop_the_run_naming_the_key(tmp_path):
 
 def test_config_errors_name_nested_keys():
     import yaml
-    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    config = yaml.safe_load((ROOT / "config/tiny.yaml").read_text())
     assert config_errors(config, ROOT / "config/schema.yaml") == []
     config["models"]["tiny-llama"]["build"]["architecture"]["num_layers"] = "four"
     config["extraction"]["hook"] = "attention"
@@ -60,7 +60,7 @@ def test_config_errors_name_nested_keys():
 
 def test_bad_finetune_params_stop_the_run_naming_the_method(tmp_path):
     import yaml
-    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    config = yaml.safe_load((ROOT / "config/tiny.yaml").read_text())
     config["finetune"]["methods"]["lora"]["lr"] = -1
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
     result = dry_run("--configfile", str(tmp_path / "bad.yaml"), cwd=tmp_path)
@@ -71,7 +71,7 @@ def test_bad_finetune_params_stop_the_run_naming_the_method(tmp_path):
 def test_fine_tuned_conditions_join_the_dag_once_the_data_is_sampled(tmp_path):
     """After `sample` (a checkpoint), every adapter is a condition: extracted with 0-shot prompts and analysed."""
     import yaml
-    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    config = yaml.safe_load((ROOT / "config/tiny.yaml").read_text())
     config["finetune"]["methods"] = {"lora": {"epochs": 2}, "prompt_tuning": {"epochs": 1, "n_checkpoints": 3}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     # A fine-tuning set of 40 rows: 3 steps an epoch at an effective batch of 16.

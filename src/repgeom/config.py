@@ -17,9 +17,13 @@ def config_errors(config: dict, schema_path: str | Path) -> list[str]:
     validator = jsonschema.Draft202012Validator(schema)
     lines = []
     for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
-        if error.validator == "oneOf":
-            options = " / ".join(next(iter(o["required"])) for o in error.validator_value)
+        if error.validator == "oneOf" and all("required" in o for o in error.validator_value):
+            options = " / ".join(o["required"][0] for o in error.validator_value)
             lines.append(f"{_key_path(error)}: give exactly one of {options}")
+        elif error.context:
+            # The alternative that came closest says what is wrong (e.g. a key that only another kind takes).
+            closest = jsonschema.exceptions.best_match(error.context)
+            lines.append(f"{_key_path(closest)}: {closest.message}")
         else:
             lines.append(f"{_key_path(error)}: {error.message}")
     return lines

@@ -89,6 +89,18 @@ def all_ranks_max(value: int, device: torch.device) -> int:
     return int(tensor.item())
 
 
+def all_ranks_any(flags, device: torch.device):
+    """Element-wise OR over the ranks of a boolean vector (each rank's own findings); numpy in, numpy out."""
+    import numpy as np
+
+    flags = np.asarray(flags, dtype=bool)
+    if not dist.is_initialized():
+        return flags
+    tensor = torch.from_numpy(flags.astype(np.int32)).to(device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.cpu().numpy().astype(bool)
+
+
 def close_process_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -1,13 +1,16 @@
 """`python -m repgeom.analysis` end to end, on a fake activation store."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
+from dadapy import Data
 
 import repgeom.store
-from repgeom.analysis import analyze_layer, data_overlap, knn
-from repgeom.analysis.__main__ import main, parse_layers
+from repgeom.analysis import analyze_layer, data_overlap, deduplicate, knn
+from repgeom.analysis.__main__ import OverlapSide, data_overlap_distinct, main, pair_overlap, parse_layers
 
 N_LAYERS = 3
 
@@ -163,3 +166,105 @@ def test_store_errors_are_reported_in_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(repgeom.store, "group_attrs", lambda path, group: {}, raising=False)
     assert main(["layers", "--store", "s.zarr", "--group", "m/c", "--out", str(tmp_path / "o.parquet")]) == 1
     assert "group 'm/c' of 's.zarr' is incomplete" in capsys.readouterr().err
+
+
+# The data overlap on rows with exact duplicates: a row duplicated in either representation is dropped from both
+# (first occurrences kept, as in the per-layer analysis), and the result is DADApy's on the distinct rows.
+
+def with_duplicate_pairs(A: np.ndarray, B: np.ndarray, n_pairs: int = 6, seed: int = 11):
+    """Copies of A and B where n_pairs rows of A repeat an earlier row of A, and n_pairs other rows of B an
+    earlier row of B; returns them and the 2 * n_pairs rows that are duplicates in one side."""
+    pick = np.random.default_rng(seed).choice(len(A), 4 * n_pairs, replace=False).reshape(2, 2, n_pairs)
+    A, B = A.copy(), B.copy()
+    for X, (first, second) in ((A, pick[0]), (B, pick[1])):
+        source, copy = np.minimum(first, second), np.maximum(first, second)  # the copy comes later
+        X[copy] = X[source]
+    return A, B, np.sort(np.maximum(pick[:, 0], pick[:, 1]).ravel())
+
+
+def dadapy_on_distinct_rows(A: np.ndarray, B: np.ndarray, k: int) -> tuple[float, int]:
+    """DADApy 0.3.4 `return_data_overlap` on the rows that are no duplicate in A nor in B."""
+    keep = np.zeros(len(A), dtype=bool)
+    keep[np.intersect1d(deduplicate(A)[1], deduplicate(B)[1])] = True
+    reference = Data(coordinates=A[keep], verbose=False)
+    reference.compute_distances(maxk=k)
+    return reference.return_data_overlap(coordinates=B[keep], k=k), int((~keep).sum())
+
+
+def test_overlap_drops_rows_duplicated_in_either_side(mixture_data):
+    X, _ = mixture_data  # 1500 rows
+    Y = np.tanh(X @ np.random.default_rng(5).standard_normal((X.shape[1], 96)) / 30)
+    A, B, duplicated = with_duplicate_pairs(X, Y)
+    expected, n_dropped = dadapy_on_distinct_rows(A, B, 30)
+    assert n_dropped == len(duplicated) == 12
+
+    value, dropped, note = data_overlap_distinct(A, B, 30)
+    assert value == pytest.approx(expected, abs=1e-12)
+    assert dropped == 12
+    assert note == "12 rows dropped from both, duplicates in A or B (duplicates: 6 in A, 6 in B); 1488 rows used"
+    # Keeping the duplicates (their zero-distance ties broken by row order) gives another number.
+    kept_duplicates = data_overlap(knn(A, 30), knn(B, 30), 30)
+    assert abs(kept_duplicates - expected) > 1e-3
+    # Symmetric in the sides, and without duplicates it is the plain overlap.
+    assert data_overlap_distinct(B, A, 30)[0] == pytest.approx(expected, abs=1e-12)
+    assert data_overlap_distinct(X, Y, 30) == (pytest.approx(data_overlap(knn(X, 30), knn(Y, 30), 30), abs=1e-15), 0, "")
+
+
+def test_a_side_reuses_its_own_knn_and_recomputes_only_for_other_rows(mixture_data):
+    X, _ = mixture_data
+    A, B, _ = with_duplicate_pairs(X[:300], X[:300] * 2.0, n_pairs=3)
+    reloads = []
+    side_a = OverlapSide(A, 10, reload=lambda: reloads.append("A") or A)
+    side_b = OverlapSide(B, 10, reload=lambda: reloads.append("B") or B)
+    pair_overlap(side_a, side_b, 10)
+    pair_overlap(side_a, side_b, 10)  # the second time from the cache
+    assert sorted(reloads) == ["A", "B"]
+    clean = OverlapSide(X[:300], 10, reload=lambda: pytest.fail("no reload needed"))
+    assert pair_overlap(clean, OverlapSide(X[:300] + 1.0, 10), 10) == (1.0, 0, "")
+
+
+def test_too_few_rows_left_after_dropping():
+    X = np.repeat(np.arange(20.0)[:, None], 3, axis=1)
+    Y = X.copy()
+    X[10:] = X[0]  # 10 duplicates in A, none in B
+    value, dropped, note = data_overlap_distinct(X, Y, 10)
+    assert np.isnan(value) and dropped == 10
+    assert note == "only 10 distinct rows in both (duplicates: 10 in A, 0 in B), need k + 1 = 11"
+
+
+def _copy_row(data, group, layer, source, copy):
+    """Make prompt `copy` of `group` at `layer` a duplicate of prompt `source` (question ids)."""
+    X, meta = data[group][layer]
+    where = {qid: i for i, qid in enumerate(meta["question_id"])}
+    X[where[copy]] = X[where[source]]
+
+
+def test_overlap_cli_drops_duplicates_of_either_condition(store, tmp_path, caplog):
+    data, _ = store
+    for source, copy in (("q0003", "q0100"), ("q0010", "q0250"), ("q0042", "q0399")):
+        _copy_row(data, "tiny/base", 2, source, copy)
+    for source, copy in (("q0007", "q0008"), ("q0120", "q0300")):
+        _copy_row(data, "tiny/icl", 2, source, copy)
+    out = tmp_path / "overlap.parquet"
+    with caplog.at_level(logging.INFO, logger="repgeom.analysis"):
+        assert main(["overlap", "--store", "acts.zarr", "--groups", "tiny/base", "tiny/icl", "--layers", "1-2",
+                     "--k", "30", "--out", str(out)]) == 0
+    table = pd.read_parquet(out).set_index(["condition_a", "condition_b", "layer_a", "layer_b"])
+
+    base1, base2 = (data["tiny/base"][layer][0] for layer in (1, 2))
+    icl1, icl_meta = data["tiny/icl"][1]
+    order = np.argsort(icl_meta["question_id"].to_numpy())  # icl's rows in base's prompt order
+    icl1, icl2 = icl1[order], data["tiny/icl"][2][0][order]
+    for key, (A, B), dropped, counts in [
+        (("base", "icl", 2, 2), (base2, icl2), 5, "3 in A, 2 in B"),
+        (("base", "base", 1, 2), (base1, base2), 3, "0 in A, 3 in B"),
+        (("icl", "icl", 1, 2), (icl1, icl2), 2, "0 in A, 2 in B"),
+    ]:
+        expected, n_dropped = dadapy_on_distinct_rows(A, B, 30)
+        assert n_dropped == dropped
+        row = table.loc[key]
+        assert row.value == pytest.approx(expected, abs=1e-12), key
+        assert row.note == (f"{dropped} rows dropped from both, duplicates in A or B (duplicates: {counts}); "
+                            f"{400 - dropped} rows used")
+        assert f"{key[0]} layer {key[2]} vs {key[1]} layer {key[3]}: {row.note}" in caplog.text
+    assert table.loc[("base", "icl", 1, 1)].note == ""

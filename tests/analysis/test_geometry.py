@@ -52,7 +52,7 @@ def test_label_overlap_equals_dadapy(mixture_both_paths):
 
 
 def test_label_overlap_is_the_class_weighted_mean():
-    """The semantics design.md asks for, on a case small enough to count by hand: k_i = floor(0.3 n_class)."""
+    """The semantics of docs/protocol.md §5.7, on a case small enough to count by hand: k_i = floor(0.3 n_class)."""
     X = np.array([[0.0], [1.0], [2.0], [3.0], [10.0], [11.0], [12.0], [13.0], [14.0], [15.0], [16.0]])
     labels = np.array(["a"] * 4 + ["b"] * 7)  # k = 1 for class a, k = 2 for class b
     labels[3] = "b"  # now a: 3 points (k floor(0.9) -> 1), b: 8 points (k = 2)

@@ -56,7 +56,7 @@ def test_bad_input_exits_without_output(tmp_path, caplog):
     csv = tmp_path / "ds" / "dev" / "geography_dev.csv"
     csv.write_text(csv.read_text().replace(",A\n", ",Z\n", 1).replace(",B\n", ",Z\n", 1).replace(",C\n", ",Z\n", 1).replace(",D\n", ",Z\n", 1))
     assert run_sample(tmp_path / "ds", tmp_path) == 1
-    assert "geography_dev.csv row" in caplog.text and "'Z' is outside A-D / 0-3" in caplog.text
+    assert "geography_dev.csv line 1: answer 'Z' is outside A-D / 0-3" in caplog.text
     assert not list(tmp_path.glob("*.parquet"))
 
 
@@ -97,3 +97,33 @@ def test_sampled_shots_pool_is_held_out_of_finetuning(tmp_path):
     assert len(pool) == 6 * min(8, PARAMS["n_validation"]) and not finetune["question_id"].isin(pool).any()
     assert main(args) == 0
     assert pd.read_parquet(tmp_path / "f.parquet")["question_id"].isin(pool).sum() == len(pool)
+
+
+def test_too_few_dev_examples_names_the_questions_file_and_dataset(tmp_path, tiny_llama_dir, caplog):
+    synthetic.generate(tmp_path / "ds", **PARAMS)
+    assert run_sample(tmp_path / "ds", tmp_path) == 0
+    questions = tmp_path / "q.parquet"
+    assert run_prompts(tmp_path, 6, tiny_llama_dir) == 1
+    assert (f"has 5 dev examples in questions file {str(questions)!r}, fewer than the 6 shots asked for: "
+            "ask for at most 5 shots") in caplog.text
+    assert not (tmp_path / "6shot.parquet").exists()
+    # With the provenance record the workflow writes next to it, the dataset and the subject's dev CSV are named.
+    record = {"schema_version": 1, "artifact": str(questions), "inputs": [],
+              "outputs": [{"path": str(questions), "sha256": "0" * 64}],
+              "dataset": {"name": "synthetic", "path": str(tmp_path / "ds")}}
+    (tmp_path / "q.parquet.prov.json").write_text(json.dumps(record))
+    caplog.clear()
+    assert run_prompts(tmp_path, 6, tiny_llama_dir) == 1
+    subject = pd.read_parquet(questions)["subject"].min()  # the first subject checked
+    dev_csv = tmp_path / "ds" / "dev" / f"{subject}_dev.csv"
+    assert (f"subject {subject!r} has 5 dev examples in questions file {str(questions)!r} (made from dataset "
+            f"{str(tmp_path / 'ds')!r}, dev rows in {str(dev_csv)!r}), fewer than the 6 shots") in caplog.text
+
+
+def test_tokenizer_folder_that_is_not_a_model(tmp_path, caplog):
+    (tmp_path / "not_a_model").mkdir()
+    assert main(["prompts", "--questions", str(tmp_path / "q.parquet"), "--subset", str(tmp_path / "s.parquet"),
+                 "--shots", "2", "--tokenizer", str(tmp_path / "not_a_model"), "--max-length", "64",
+                 "--out", str(tmp_path / "2shot.parquet")]) == 1
+    assert (f"--tokenizer: folder {str(tmp_path / 'not_a_model')!r} holds no model or tokenizer (no config.json, "
+            "no tokenizer files): it is empty") in caplog.text

@@ -81,7 +81,34 @@ def test_bad_answer_names_file_and_row(csv_root):
     raw = pd.read_csv(path, header=None, dtype=str)
     raw.iloc[3, 5] = "E"
     raw.to_csv(path, header=False, index=False)
-    with pytest.raises(DatasetError, match=r"astronomy_test.csv row 3: answer 'E' is outside A-D / 0-3"):
+    # The fourth row of a header-less CSV is line 4 of the file.
+    with pytest.raises(DatasetError, match=r"astronomy_test.csv line 4: answer 'E' is outside A-D / 0-3"):
+        load_local(csv_root)
+
+
+def test_bad_answer_line_counts_quoted_line_breaks(csv_root):
+    """A question with line breaks (quoted) spans several lines: the line is where the bad row starts."""
+    path = csv_root / "test" / "astronomy_test.csv"
+    raw = pd.read_csv(path, header=None, dtype=str)
+    raw.iloc[1, 0] = "first line\nsecond line\nthird line"
+    raw.iloc[4, 5] = "X"
+    raw.to_csv(path, header=False, index=False)
+    assert path.read_text().splitlines()[6].endswith(",X")  # line 7 of the file, 1-based
+    with pytest.raises(DatasetError, match=r"astronomy_test.csv line 7: answer 'X'"):
+        load_local(csv_root)
+
+
+def test_file_line_accounts_for_a_header(tmp_path):
+    path = tmp_path / "with_header.csv"
+    path.write_text("question,A,B,C,D,answer\nq1,a,b,c,d,A\n\nq2,a,b,c,d,Z\n")
+    assert mmlu.file_line(path, 1, header_rows=1) == "line 4"  # the blank line 3 is skipped, as pandas does
+    assert mmlu.file_line(path, 0) == "line 1" and mmlu.file_line(path, 5) == "data row 6"
+
+
+def test_ragged_csv_names_the_file_and_line(csv_root):
+    path = csv_root / "dev" / "anatomy_dev.csv"
+    path.write_text(path.read_text() + "q,a,b,c,d,A,extra\n")
+    with pytest.raises(DatasetError, match=r"anatomy_dev.csv: not a 6-column CSV \(.*line 6"):
         load_local(csv_root)
 
 
@@ -91,7 +118,17 @@ def test_bad_numeric_answer_in_jsonl(tmp_path):
     frame = pd.read_json(path, lines=True)
     frame.loc[5, "answer"] = 4
     frame.to_json(path, orient="records", lines=True)
-    with pytest.raises(DatasetError, match=r"test.jsonl row 5: answer 4"):
+    with pytest.raises(DatasetError, match=r"test.jsonl line 6: answer 4"):
+        load_local(root)
+
+
+def test_bad_answer_in_parquet_names_the_row(tmp_path):
+    root = write_hub_files(tmp_path / "pq", "parquet")
+    path = root / "all" / "validation-00000-of-00001.parquet"
+    frame = pd.read_parquet(path)
+    frame.loc[2, "answer"] = 7
+    frame.to_parquet(path)
+    with pytest.raises(DatasetError, match=r"validation-00000-of-00001.parquet row 2 \(0-based\): answer 7"):
         load_local(root)
 
 

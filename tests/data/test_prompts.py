@@ -43,6 +43,11 @@ def test_dev_shots_first_k_in_dev_order():
 def test_too_few_dev_examples_names_subject():
     with pytest.raises(DatasetError, match="high_school_biology.*2 dev examples.*5 shots"):
         dev_shots(_table(2), 5)
+    with pytest.raises(DatasetError, match=r"'high_school_biology' has 2 dev examples in questions file 'q.parquet', "
+                                           r"fewer than the 5 shots asked for: ask for at most 2 shots"):
+        dev_shots(_table(2), 5, source="questions file 'q.parquet'")
+    with pytest.raises(DatasetError, match=r"2 dev examples in dev/high_school_biology_dev.csv, fewer"):
+        dev_shots(_table(2), 5, source=lambda subject: f"dev/{subject}_dev.csv")
 
 
 def test_left_truncation_keeps_the_end(tiny_tokenizer):

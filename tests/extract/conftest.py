@@ -152,6 +152,7 @@ def extract_group(model_dir, prompts_file, out_dir, adapter=None, **settings):
 
     store, accuracy = out_dir / "store.zarr", out_dir / "acc.parquet"
     settings.setdefault("max_batch_tokens", 300)
+    settings.setdefault("model_dtype", "float32")  # the references are float32 forward passes
     settings.setdefault("chunk_rows", 10)
     ExtractionJob(str(model_dir), prompts_file, store, "m/c", accuracy, ExtractionSettings(**settings),
                   adapter=str(adapter) if adapter else None).run()

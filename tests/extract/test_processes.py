@@ -23,7 +23,7 @@ TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 def cli_args(model, prompts, out: Path, *extra):
     return ("--model", model, "--prompts", prompts, "--store", out / "store.zarr", "--group", "m/c",
             "--accuracy-out", out / "acc.parquet", "--chunk-rows", "5", "--max-batch-tokens", "200",
-            "--token-sample-layers", "1", "--token-sample-size", "40", *extra)
+            "--token-sample-layers", "1", "--token-sample-size", "40", "--model-dtype", "float32", *extra)
 
 
 def files_of(store: Path) -> dict[str, bytes]:
@@ -88,7 +88,7 @@ def test_concurrent_jobs_share_a_store(one_rank, tiny_llama_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     jobs = [subprocess.Popen([sys.executable, "-m", "repgeom.extract", "--model", str(tiny_llama_dir), "--prompts",
                               str(prompts), "--store", str(store), "--group", f"m/{name}", "--accuracy-out",
-                              str(tmp_path / f"{name}.parquet"), "--chunk-rows", "5"],
+                              str(tmp_path / f"{name}.parquet"), "--chunk-rows", "5", "--model-dtype", "float32"],
                              stderr=subprocess.PIPE, text=True, env=env) for name in ("a", "b")]
     for job in jobs:
         assert job.wait(timeout=240) == 0, job.stderr.read()

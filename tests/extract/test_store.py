@@ -104,7 +104,7 @@ def test_missing_store_and_group(tmp_path, float32_store):
 
 def cli(model, prompts, store, out, *extra):
     return main(["--model", str(model), "--prompts", str(prompts), "--store", str(store), "--group", "m/c",
-                 "--accuracy-out", str(out / "acc.parquet"), "--chunk-rows", "10", *extra])
+                 "--accuracy-out", str(out / "acc.parquet"), "--chunk-rows", "10", "--model-dtype", "float32", *extra])
 
 
 def test_resume_with_other_prompts_is_refused(damaged, tiny_llama_dir, tmp_path, capsys, make_prompts):

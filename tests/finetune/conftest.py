@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[2] / "config" / "deepspeed"
+DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[2] / "src/repgeom/resources/deepspeed"
 ZERO2, ZERO3 = DEEPSPEED_CONFIGS / "zero2.json", DEEPSPEED_CONFIGS / "zero3.json"
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
 SUBJECTS = ["high_school_biology", "abstract_algebra", "world_religions"]

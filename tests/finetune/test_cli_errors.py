@@ -67,3 +67,51 @@ def test_deepspeed_configs_in_the_repository_are_filled_at_launch(deepspeed_conf
         assert config["bf16"]["enabled"] and config["gradient_clipping"] == 0.0
         assert "auto" not in json.dumps(config)
     assert not deepspeed_config(deepspeed_configs["zero2"], params, 1, torch.float32)["bf16"]["enabled"]
+
+
+def _not_a_model(tmp_path, case):
+    folder = tmp_path / "not_a_model"
+    folder.mkdir()
+    if case == "random files":
+        for name in ("notes.txt", "data.csv", "run.log"):
+            (folder / name).write_text("not a model\n")
+    elif case == "config only":
+        (folder / "config.json").write_text('{"model_type": "llama"}')
+    return folder
+
+
+NOT_A_MODEL = {
+    "random files": r"holds no model or tokenizer \(no config.json, no tokenizer files\): it holds 3 entries: "
+                    r"data.csv, notes.txt, run.log",
+    "empty": r"holds no model or tokenizer \(no config.json, no tokenizer files\): it is empty",
+    "config only": r"holds no tokenizer \(none of tokenizer.json, .*\): it holds 1 entry: config.json",
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_A_MODEL))
+def test_model_folder_that_is_not_a_model(case, finetune_set, tmp_path, capsys):
+    """One line naming the folder and what it holds, instead of transformers' tokenizer backend error."""
+    folder = _not_a_model(tmp_path, case)
+    deepspeed = tmp_path / "ds.json"
+    deepspeed.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    status = main(["--model", str(folder), "--train", str(finetune_set), "--out", str(tmp_path / "out"),
+                   "--params-json", '{"micro_batch": 2}', "--deepspeed", str(deepspeed)])
+    err = capsys.readouterr().err
+    assert status == 2
+    lines = [line for line in err.splitlines() if "repgeom.finetune: error:" in line]
+    assert len(lines) == 1 and f"folder {str(folder)!r} " + "holds no" in lines[0], err
+    assert re.search(NOT_A_MODEL[case], lines[0]), err
+    assert "sentencepiece" not in err and not (tmp_path / "out").exists()
+
+
+def test_model_folder_that_is_not_a_model_in_a_subprocess(cli, finetune_set, tmp_path):
+    """`python -m repgeom.finetune` itself: exit status 2, one error line, no traceback."""
+    folder = _not_a_model(tmp_path, "random files")
+    deepspeed = tmp_path / "ds.json"
+    deepspeed.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    done = cli("--model", folder, "--train", finetune_set, "--out", tmp_path / "out", "--params-json",
+               '{"micro_batch": 2}', "--deepspeed", deepspeed)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "sentencepiece" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if "repgeom.finetune: error:" in line]
+    assert len(lines) == 1 and re.search(NOT_A_MODEL["random files"], lines[0]), done.stderr

@@ -9,7 +9,7 @@ from repgeom.finetune.plan import accumulation_steps, learning_rate, rank_micro_
 
 
 def test_reference_run_checkpoints():
-    """1,065 rows, effective batch 16, 4 epochs: 268 steps, as in design.md."""
+    """1,065 rows, effective batch 16, 4 epochs: 268 steps, as in docs/protocol.md §3.3."""
     params = default_params("8b")
     assert total_steps(1065, parse_params(params)) == 268
     assert checkpoint_names(1065, params) == [

@@ -24,8 +24,9 @@ NO_DROPOUT = {**WITH_DROPOUT, "lora_dropout": 0.0, "micro_batch": 2}
 
 
 def cli_args(model, train, out, params, deepspeed) -> list[str]:
+    """float32: these runs are compared across ranks and resumes to 1e-5 (bf16 training runs in the chain test)."""
     return list(map(str, ("--model", model, "--train", train, "--out", out, "--params-json", json.dumps(params),
-                          "--deepspeed", deepspeed)))
+                          "--deepspeed", deepspeed, "--model-dtype", "float32")))
 
 
 def finetune(cli, model, train, out, params, deepspeed, extra_args=(), **kwargs):

@@ -13,7 +13,7 @@ from repgeom.plots import FIGURE_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 REPORT = ROOT / "workflow" / "report"
-CONFIGS = ["config.yaml", "paper_llama3_8b.yaml", "paper_llama3_70b.yaml"]
+CONFIGS = ["config.yaml", "tiny.yaml", "paper_llama3_8b.yaml", "paper_llama3_70b.yaml"]
 
 
 def render(name: str, config: dict, **wildcards) -> str:
@@ -57,7 +57,7 @@ def test_captions_render_without_warnings(config_name, variant):
 
 
 def test_captions_state_the_settings():
-    config = load("config.yaml")
+    config = load("tiny.yaml")
     config["analysis"]["params"].update(maxk=77, id_scale_index=3, Z=2.5, density_k=11, class_fraction=0.2,
                                         overlap_k=21, local_id_neighbors=33, probe_pca_dim=17)
     html = {name: render(name, config, model="tiny-llama") for name in FIGURE_NAMES}
@@ -75,6 +75,6 @@ def test_captions_state_the_settings():
 
 
 def test_front_page_describes_the_run():
-    html = render("workflow", load("config.yaml"))
+    html = render("workflow", load("tiny.yaml"))
     assert "tiny-llama" in html and "synthetic-mmlu" in html and "shuffled (5 shots)" in html
     assert "Z = 1.6" in html and "n2 = 32" in html and "lora" in html

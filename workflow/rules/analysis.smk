@@ -186,7 +186,7 @@ rule model_figures:
     params:
         provenance=provenance("model_figures", ['analysis.params', 'shots', 'variants', 'finetune']),
         out_dir=lambda wc: f"{RESULTS}/figures/{wc.model}",
-        checkpoints=lambda wc: " ".join(f"{method}={path}" for method, path in training_runs(wc.model).items()),
+        checkpoints=lambda wc: " ".join(f"{method}={path}" for method, path in sorted(training_runs(wc.model).items())),
         settings=as_json(config["analysis"]["params"]),
     threads: job_threads("plot")
     resources:

@@ -1,4 +1,5 @@
 import json
+import re
 
 from snakemake.exceptions import WorkflowError
 from pathlib import Path
@@ -7,7 +8,8 @@ from pathlib import Path
 from repgeom.conditions import CONDITION_PATTERN, finetuned_condition, parse_condition
 from repgeom.analysis.params import layer_memory_mb
 from repgeom.config import config_errors
-from repgeom.data.synthetic import SUBJECT_AREAS as GENERATED_SUBJECTS
+from repgeom.models.gguf import gguf_shape, resolve_gguf
+from repgeom.workflow.models import folder_shape, made_by_workflow, model_source
 from repgeom.finetune.params import FinetuneError, default_params, parse_params
 from repgeom.finetune.plan import checkpoint_steps
 from repgeom.plots import FIGURE_NAMES
@@ -19,8 +21,9 @@ if _problems:
 validate(config, "../../config/schema.yaml")
 RESULTS = config["results_dir"]
 MODELS = list(config["models"])
-BASE_CONDITIONS = [f"{k}shot" for k in config["shots"]]
-VARIANT_CONDITIONS = [f"{k}shot-{name}" for name, ks in config["variants"].items() for k in ks]
+# Sorted, here and for the methods: the same settings in another key order are the same run.
+BASE_CONDITIONS = [f"{k}shot" for k in sorted(config["shots"])]
+VARIANT_CONDITIONS = [f"{k}shot-{name}" for name, ks in sorted(config["variants"].items()) for k in sorted(ks)]
 CONDITIONS = BASE_CONDITIONS + VARIANT_CONDITIONS
 
 
@@ -71,9 +74,22 @@ def as_json(value):
     return json.dumps(value, sort_keys=True)
 
 
+def finetune_methods():
+    return sorted(config.get("finetune", {}).get("methods", {}))
+
+
 def dataset_folder():
     """The generated dataset's folder, or None when the config points at a real one."""
     return f"{RESULTS}/dataset" if "generate" in config["dataset"] else None
+
+
+def generated_subjects():
+    """The subjects of the generated dataset (its kind fixes them)."""
+    if config["dataset"]["generate"]["kind"] == "facts":
+        from repgeom.data.facts import SUBJECT_AREAS
+    else:
+        from repgeom.data.synthetic import SUBJECT_AREAS
+    return list(SUBJECT_AREAS)
 
 
 def dataset_spec():
@@ -107,32 +123,59 @@ def model_folder(model):
     return f"{RESULTS}/models/{model}"
 
 
+def models_pattern(source):
+    """A wildcard pattern matching the models of one source (`build`, `gguf`), so that one rule makes each."""
+    names = [re.escape(name) for name, entry in config["models"].items() if model_source(entry) == source]
+    return "|".join(names) or "(?!)"
+
+
 def model_spec(model):
-    """What `from_pretrained` gets: the built model's folder, a local path, or a hub id."""
+    """What `from_pretrained` gets: the run's own model folder (built or imported), a local path, or a hub id."""
     entry = config["models"][model]
-    if "build" in entry:
+    if made_by_workflow(entry):
         return model_folder(model)
     return entry.get("path") or entry["hub"]
 
 
 def model_input(wildcards):
-    """The build job's output when the workflow builds the model, so the DAG waits for it."""
-    return [model_folder(wildcards.model)] if "build" in config["models"][wildcards.model] else []
+    """The build or import job's output when the workflow makes the model, so the DAG waits for it."""
+    return [model_folder(wildcards.model)] if made_by_workflow(config["models"][wildcards.model]) else []
 
 
 for _name, _entry in config["models"].items():
-    if "build" in _entry and not dataset_folder():
-        raise ValueError(
-            f"config: models.{_name}.build needs the generated dataset's corpus, but dataset has no "
-            "`generate` section; give the model as `hub:` or `path:` instead"
+    if "build" in _entry and (config["dataset"].get("generate") or {}).get("kind") != "invented":
+        raise WorkflowError(
+            f"invalid config:\n  models.{_name}.build: a built model learns from the invented dataset's corpus, "
+            "but dataset.generate.kind is not `invented`; give the model as `gguf:`, `path:` or `hub:` instead"
         )
+
+
+def gguf_source(model):
+    """A GGUF model's source as the import job takes it, with the installed version of the package shipping it
+    (a package that is not installed stops the workflow with the pip command that installs it)."""
+    source = dict(config["models"][model]["gguf"])
+    if "package" in source:
+        source["version"] = resolve_gguf(source).version
+    return source
+
+
+def model_shape(model):
+    """(decoder blocks, hidden size), read from the model: the build settings, the GGUF file's header, a local
+    folder's config.json, or the config for a hub id (a dry run stays offline)."""
+    entry = config["models"][model]
+    source = model_source(entry)
+    if source == "build":
+        return entry["build"]["architecture"]["num_layers"], entry["build"]["architecture"]["hidden_size"]
+    if source == "gguf":
+        return gguf_shape(entry["gguf"])
+    if source == "path":
+        return folder_shape(entry["path"])
+    return entry["num_layers"], entry.get("hidden_size")
 
 
 def stored_layers(model):
     """Layers in the store: the input of every decoder block plus the final norm."""
-    entry = config["models"][model]
-    blocks = entry["build"]["architecture"]["num_layers"] if "build" in entry else entry["num_layers"]
-    return blocks + 1
+    return model_shape(model)[0] + 1
 
 
 def layer_blocks(model):
@@ -158,12 +201,6 @@ def finetune_folder(model, method):
     return f"{RESULTS}/finetune/{model}/{method}"
 
 
-def deepspeed_config_path():
-    """finetune.deepspeed, a relative path being relative to the workflow's folder (where config/deepspeed is)."""
-    path = Path(config["finetune"]["deepspeed"])
-    return str(path if path.is_absolute() else Path(workflow.basedir) / path)
-
-
 def finetune_rows():
     """Rows of the fine-tuning set: known once `sample` has run (a checkpoint), since it depends on the data."""
     import pyarrow.parquet as pq
@@ -173,13 +210,12 @@ def finetune_rows():
 
 def training_runs(model):
     """method -> the `checkpoints.json` ({checkpoint: step}) its training run writes last."""
-    methods = config.get("finetune", {}).get("methods", {})
-    return {method: f"{finetune_folder(model, method)}/checkpoints.json" for method in methods}
+    return {method: f"{finetune_folder(model, method)}/checkpoints.json" for method in finetune_methods()}
 
 
 def finetuned_steps(model):
     """Condition `ft-{method}-{checkpoint}` -> optimizer steps done, for every adapter the config trains."""
-    methods = config.get("finetune", {}).get("methods", {})
+    methods = finetune_methods()
     if not methods:
         return {}
     n_rows = finetune_rows()
@@ -232,7 +268,7 @@ def extraction_parallel_option(wildcards, resources):
         return ""
     if mode == "device_map":
         return "--device-map auto"
-    return f"--zero3 {Path(workflow.basedir) / 'config/deepspeed/zero3.json'}"
+    return "--zero3 zero3"
 
 
 MMLU_SUBJECTS, MMLU_TEST_ROWS = 57, 14042
@@ -243,7 +279,7 @@ def analysis_points(model):
     cap = config["sampling"]["max_per_subject"]
     generate = config["dataset"].get("generate")
     if generate:
-        prompts = len(GENERATED_SUBJECTS) * min(cap, generate["n_test"])
+        prompts = len(generated_subjects()) * min(cap, generate["n_test"])
     else:
         prompts = min(MMLU_SUBJECTS * cap, MMLU_TEST_ROWS)
     # The token sample's local ID is analysed in the same job.
@@ -251,8 +287,7 @@ def analysis_points(model):
 
 
 def hidden_size(model):
-    entry = config["models"][model]
-    return entry["build"]["architecture"]["hidden_size"] if "build" in entry else entry.get("hidden_size")
+    return model_shape(model)[1]
 
 
 def analysis_memory_mb(model):
@@ -310,8 +345,9 @@ def adapter_inputs(wildcards):
     return f"--extra-inputs {finetune_folder(wildcards.model, condition.method)}/checkpoints/{condition.checkpoint}"
 
 
-if workflow.is_main_process:
-    # The config this run resolved (defaults filled in): `repgeom audit` compares each record's config keys with it.
+def write_resolved_config():
+    """The config this run resolved: `repgeom audit` compares each record's config keys with it. Written only
+    by a run that executes jobs (onstart), never by a dry run."""
     from repgeom.io import write_json
 
     write_json(config, f"{RESULTS}/config.resolved.json")

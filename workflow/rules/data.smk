@@ -30,7 +30,9 @@ checkpoint sample:
     params:
         provenance=provenance("sample", ['dataset', 'sampling', 'variants'], ['sampling.seed']),
         dataset=as_json(dataset_spec()),
-        sampling=config["sampling"],
+        max_per_subject=config["sampling"]["max_per_subject"],
+        finetune_max_per_subject=config["sampling"]["finetune_max_per_subject"],
+        seed=config["sampling"]["seed"],
         hold_out="--hold-out-shot-pool" if "sampled_shots" in config["variants"] else "",
     threads: job_threads("sample")
     resources:
@@ -44,9 +46,9 @@ checkpoint sample:
     shell:
         f"{TRACKED} -- "
         "python -m repgeom.data sample --dataset-json {params.dataset:q}"
-        " --max-per-subject {params.sampling[max_per_subject]}"
-        " --finetune-max-per-subject {params.sampling[finetune_max_per_subject]}"
-        " --seed {params.sampling[seed]} {params.hold_out}"
+        " --max-per-subject {params.max_per_subject}"
+        " --finetune-max-per-subject {params.finetune_max_per_subject}"
+        " --seed {params.seed} {params.hold_out}"
         " --questions-out {output.questions} --subset-out {output.subset} --finetune-out {output.finetune}"
         " > {log} 2>&1"
 

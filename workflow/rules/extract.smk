@@ -10,7 +10,11 @@ rule extract:
         store=f"{RESULTS}/activations.zarr",
         model=lambda wc: model_spec(wc.model),
         max_length=lambda wc: config["models"][wc.model]["max_length"],
-        extraction=config["extraction"],
+        hook=config["extraction"]["hook"],
+        store_dtype=config["extraction"]["store_dtype"],
+        model_dtype=config["extraction"]["model_dtype"],
+        max_batch_tokens=config["extraction"]["max_batch_tokens"],
+        chunk_rows=f"--chunk-rows {config['extraction']['chunk_rows']}" if "chunk_rows" in config["extraction"] else "",
         adapter=adapter_option,
         parallel=extraction_parallel_option,
         ranks=extraction_ranks,
@@ -31,9 +35,9 @@ rule extract:
         "python -m repgeom.launch --gpus {params.ranks} --cpus {threads} --"
         " python -m repgeom.extract --model {params.model:q} --prompts {input.prompts} {params.adapter}"
         " --store {params.store} --group {wildcards.model}/{wildcards.condition}"
-        " --accuracy-out {output.accuracy} --hook {params.extraction[hook]}"
-        " --store-dtype {params.extraction[store_dtype]} --model-dtype {params.extraction[model_dtype]}"
-        " --max-batch-tokens {params.extraction[max_batch_tokens]} --max-length {params.max_length}"
+        " --accuracy-out {output.accuracy} --hook {params.hook}"
+        " --store-dtype {params.store_dtype} --model-dtype {params.model_dtype}"
+        " --max-batch-tokens {params.max_batch_tokens} --max-length {params.max_length} {params.chunk_rows}"
         " {params.token_sample} {params.parallel} > {log} 2>&1"
 
 

@@ -1,4 +1,6 @@
 rule build_model:
+    wildcard_constraints:
+        model=models_pattern("build"),
     input:
         dataset=dataset_folder() or [],
     output:
@@ -21,3 +23,29 @@ rule build_model:
         f"{TRACKED} -- "
         "python -m repgeom.models build --corpus {params.corpus} --params-json {params.build:q}"
         " --out {output.model} --log-out {output.history} > {log} 2>&1"
+
+
+rule import_model:
+    wildcard_constraints:
+        model=models_pattern("gguf"),
+    input:
+        gguf=lambda wc: config["models"][wc.model]["gguf"].get("path", []),
+    output:
+        directory(f"{RESULTS}/models/{{model}}"),
+    params:
+        provenance=provenance("import_model", ["models.{model}.gguf"]),
+        # The shipping package's version, not the file's path inside it: a new release of the package
+        # re-imports, a checkout with its virtual environment elsewhere does not.
+        source=lambda wc: as_json(gguf_source(wc.model)),
+    threads: job_threads("import_model")
+    resources:
+        **job_resources("import_model"),
+    log:
+        f"{RESULTS}/logs/import_model/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/import_model/{{model}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        f"{TRACKED} -- "
+        "python -m repgeom.models import --source-json {params.source:q} --out {output} > {log} 2>&1"

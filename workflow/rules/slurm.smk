@@ -48,8 +48,8 @@ def job_resources(kind):
 
 
 # A Snakemake process killed hard leaves its lock behind; the same command then removes it, once it is sure
-# that the process that held it is gone (src/repgeom/resume.py), and the profiles' rerun-incomplete redoes
-# the jobs that were cut off.
+# that the process that held it is gone (src/repgeom/resume.py), and the workflow profile's rerun-incomplete
+# (profiles/default) redoes the jobs that were cut off.
 if workflow.is_main_process:
     remove_stale_lock(".snakemake", warn=logger.warning)
     record_run(".snakemake")

@@ -12,7 +12,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # importing torch, DADApy and jax there cost every Snakemake job 5 s.
 _EXPORTS = {
     "ClusteringError": "geometry", "dadapy_reference": "geometry", "data_overlap": "geometry",
-    "label_overlap": "geometry", "deduplicate": "neighbors", "knn": "neighbors",
+    "label_overlap": "geometry", "deduplicate": "neighbors", "duplicate_rows": "neighbors", "knn": "neighbors",
     "AnalysisInputError": "layer", "analyze_layer": "layer", "local_twonn": "local_id",
     "AnalysisParams": "params", "linear_probe": "probes",
 }

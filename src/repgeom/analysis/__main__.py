@@ -6,7 +6,8 @@
 `layers` writes every per-layer metric (METRICS.md) in long form: model, condition, layer, metric,
 scale, value, error, note. `overlap` writes the data overlap chi_k between every pair of conditions
 at each layer and between consecutive layers of each condition: model, condition_a, condition_b,
-layer_a, layer_b, metric, k, value, note.
+layer_a, layer_b, metric, k, value, note. Each pair is compared on the rows distinct in both representations:
+a row that is an exact duplicate of an earlier row in either is dropped from both (`note` counts them).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from repgeom.analysis.geometry import data_overlap
-from repgeom.analysis.neighbors import deduplicate, knn
+from repgeom.analysis.neighbors import duplicate_rows, knn
 from repgeom.analysis.layer import AnalysisInputError, analyze_layer, token_local_id_rows, validate_representation
 from repgeom.analysis.params import AnalysisParams
 from repgeom.io import write_parquet
@@ -135,14 +136,57 @@ def aligned_to(question_ids: pd.Series, reference: pd.Series, where: str) -> np.
     return position.get_indexer(reference)
 
 
-def overlap_knn(X: np.ndarray, k: int, device=None) -> tuple[tuple[np.ndarray, np.ndarray] | None, str]:
-    """(dist, ind) of width k for the data overlap, or (None, reason). Rows are not deduplicated, as the
-    two sides must keep the same rows; zero-distance ties between duplicates go by row order."""
-    n_distinct = len(X) - deduplicate(X)[2]
-    if n_distinct < k + 1:
-        return None, f"only {n_distinct} distinct rows, need k + 1 = {k + 1}"
-    note = f"{len(X) - n_distinct} duplicate rows, ties broken by row order" if n_distinct < len(X) else ""
-    return knn(X, k, device=device), note
+class OverlapSide:
+    """One representation (a condition at a layer, rows in the reference prompt order) for the data overlap.
+
+    It knows its duplicate rows (`deduplicate`'s rule: exact copies of an earlier row) and gives its kNN on
+    the rows a pair keeps. A pair drops, from both sides, every row that is a duplicate in either, so each
+    side's kNN is taken on distinct rows, with no zero-distance ties. The kNN on the side's own distinct rows
+    is computed at once (it serves every pair where the other side has no other duplicates: the usual case);
+    the kNN on another subset is computed when asked, on X read again through `reload` (X is not kept).
+    """
+
+    def __init__(self, X: np.ndarray, k: int, device=None, reload=None):
+        self.k, self.device, self._reload = k, device, reload
+        self.duplicates = duplicate_rows(X)
+        self.n_duplicates = int(self.duplicates.sum())
+        self._knn = {}
+        if len(X) - self.n_duplicates >= k + 1:
+            self._knn[self._key(self.duplicates)] = knn(X[~self.duplicates], k, device=device)
+
+    @staticmethod
+    def _key(drop: np.ndarray) -> bytes:
+        return np.flatnonzero(drop).tobytes()
+
+    def knn_without(self, drop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(dist, ind) of width k on the rows not in `drop`, indexed 0.. over those rows in order."""
+        key = self._key(drop)
+        if key not in self._knn:
+            if self._reload is None:
+                raise ValueError("this side keeps no representation to recompute its kNN on other rows")
+            self._knn[key] = knn(self._reload()[~drop], self.k, device=self.device)
+        return self._knn[key]
+
+
+def pair_overlap(side_a: OverlapSide, side_b: OverlapSide, k: int) -> tuple[float, int, str]:
+    """(chi_k, rows dropped, note) between two representations of the same rows, on the rows distinct in both:
+    a row that is a duplicate in either side (a copy of an earlier row there) is dropped from both."""
+    if len(side_a.duplicates) != len(side_b.duplicates):
+        raise ValueError(f"data overlap needs the same rows: {len(side_a.duplicates)} against {len(side_b.duplicates)}")
+    drop = side_a.duplicates | side_b.duplicates
+    n_dropped = int(drop.sum())
+    n_kept = len(drop) - n_dropped
+    counts = f"duplicates: {side_a.n_duplicates} in A, {side_b.n_duplicates} in B"
+    if n_kept < k + 1:
+        return float("nan"), n_dropped, f"only {n_kept} distinct rows in both ({counts}), need k + 1 = {k + 1}"
+    value = data_overlap(side_a.knn_without(drop), side_b.knn_without(drop), k)
+    note = f"{n_dropped} rows dropped from both, duplicates in A or B ({counts}); {n_kept} rows used" if n_dropped else ""
+    return value, n_dropped, note
+
+
+def data_overlap_distinct(A: np.ndarray, B: np.ndarray, k: int, device=None) -> tuple[float, int, str]:
+    """chi_k between representations A and B of the same rows, on the rows distinct in both (`pair_overlap`)."""
+    return pair_overlap(OverlapSide(A, k, device, reload=lambda: A), OverlapSide(B, k, device, reload=lambda: B), k)
 
 
 def cmd_overlap(args) -> None:
@@ -157,25 +201,32 @@ def cmd_overlap(args) -> None:
         raise AnalysisInputError(f"groups have different numbers of layers: {counts}")
     layers = parse_layers(args.layers, next(iter(counts.values())))
     reference = None
+
+    def aligned(group: str, layer: int) -> np.ndarray:
+        """The layer's representation with its rows in the first group's prompt order."""
+        nonlocal reference
+        where = f"{group} layer {layer}"
+        X, meta = _read_layer(args.store, group, layer)
+        if reference is None:
+            reference = meta["question_id"].reset_index(drop=True)
+        X = validate_representation(X, where)
+        if len(meta) != len(X):
+            raise AnalysisInputError(f"{where}: {len(meta)} metadata rows for {len(X)} representation rows")
+        return X[aligned_to(meta["question_id"], reference, where)]
+
     rows, previous = [], None
     for layer in tqdm(layers, desc="data overlap", unit="layer"):
         current = {}
         for group, _, condition in groups:
-            where = f"{group} layer {layer}"
-            X, meta = _read_layer(args.store, group, layer)
-            if reference is None:
-                reference = meta["question_id"].reset_index(drop=True)
-            X = validate_representation(X, where)
-            if len(meta) != len(X):
-                raise AnalysisInputError(f"{where}: {len(meta)} metadata rows for {len(X)} representation rows")
-            current[condition] = overlap_knn(X[aligned_to(meta["question_id"], reference, where)], args.k, args.device)
+            current[condition] = OverlapSide(aligned(group, layer), args.k, args.device,
+                                             reload=lambda group=group, layer=layer: aligned(group, layer))
         pairs = [(a, b, layer, layer, current[a], current[b]) for a, b in itertools.combinations(current, 2)]
         if previous is not None:
             pairs += [(c, c, previous[0], layer, previous[1][c], current[c]) for c in current]
-        for cond_a, cond_b, layer_a, layer_b, (knn_a, note_a), (knn_b, note_b) in pairs:
-            both = knn_a is not None and knn_b is not None
-            value = data_overlap(knn_a, knn_b, args.k) if both else float("nan")
-            note = "; ".join(f"{side}: {n}" for side, n in (("A", note_a), ("B", note_b)) if n)
+        for cond_a, cond_b, layer_a, layer_b, side_a, side_b in pairs:
+            value, n_dropped, note = pair_overlap(side_a, side_b, args.k)
+            if n_dropped:
+                log.info("%s layer %d vs %s layer %d: %s", cond_a, layer_a, cond_b, layer_b, note)
             rows.append({"model": models[0], "condition_a": cond_a, "condition_b": cond_b, "layer_a": layer_a,
                          "layer_b": layer_b, "metric": "data_overlap", "k": args.k,
                          "value": value, "note": note})

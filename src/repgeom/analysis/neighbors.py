@@ -58,6 +58,13 @@ def deduplicate(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     return X[kept], kept, len(X) - len(kept)
 
 
+def duplicate_rows(X: np.ndarray) -> np.ndarray:
+    """Boolean mask of the rows `deduplicate` removes: exact copies of an earlier row (first occurrences stay)."""
+    duplicate = np.ones(len(X), dtype=bool)
+    duplicate[deduplicate(X)[1]] = False
+    return duplicate
+
+
 def row_hash_weights(n_columns: int) -> np.ndarray:
     """Fixed odd 64-bit weights of the row hash."""
     return np.random.default_rng(0).integers(1, 2**63, size=n_columns, dtype=np.uint64) | np.uint64(1)

@@ -1,4 +1,4 @@
-"""Analysis parameters. The defaults are the reference protocol's values (design.md §2)."""
+"""Analysis parameters. The defaults are the reference protocol's values (docs/protocol.md §5.10)."""
 from __future__ import annotations
 
 import dataclasses

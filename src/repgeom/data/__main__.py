@@ -5,18 +5,23 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 import pandas as pd
 
-from repgeom.data import mmlu, prompts, sampling, synthetic, variants
+from repgeom.data import facts, mmlu, prompts, sampling, synthetic, variants
 from repgeom.io import write_parquet
 from repgeom.logs import configure_logging
 
 log = logging.getLogger("repgeom.data")
 
 
+GENERATORS = {"facts": facts.generate, "invented": synthetic.generate}
+
+
 def cmd_generate(args) -> None:
-    summary = synthetic.generate(args.out, **json.loads(args.params_json))
+    params = json.loads(args.params_json)
+    summary = GENERATORS[params.pop("kind")](args.out, **params)
     log.info("generated dataset in %s: %s", args.out, summary)
 
 
@@ -35,22 +40,53 @@ def cmd_sample(args) -> None:
              "sampled_shots)", len(subset), len(finetune), len(held_out))
 
 
-def cmd_prompts(args) -> None:
-    from repgeom.models.loading import load_tokenizer
+def dev_rows_source(questions: str):
+    """For errors about dev rows: a function of the subject naming the questions file the rows were read from
+    and, when its provenance record says, the dataset it was made from (and the subject's dev CSV there)."""
+    dataset = {}
+    try:
+        from repgeom.provenance.records import read_record
 
+        dataset = (read_record(questions) or {}).get("dataset") or {}
+    except Exception:  # no usable record: the questions file alone is named
+        dataset = {}
+    dataset = dataset if isinstance(dataset, dict) else {}
+
+    def source(subject: str) -> str:
+        text = f"questions file {str(questions)!r}"
+        if dataset.get("path"):
+            folder = Path(str(dataset["path"])).expanduser()
+            dev_csv = folder / mmlu.CSV_SPLIT_NAMES["dev"] / f"{subject}_{mmlu.CSV_SPLIT_NAMES['dev']}.csv"
+            text += f" (made from dataset {str(folder)!r}" + (f", dev rows in {str(dev_csv)!r})" if dev_csv.is_file()
+                                                               else ")")
+        elif dataset.get("id"):
+            revision = f" revision {dataset['revision']!r}" if dataset.get("revision") else ""
+            text += f" (made from hub dataset {dataset['id']!r}{revision})"
+        return text
+
+    return source
+
+
+def cmd_prompts(args) -> None:
+    from repgeom.models.loading import ModelLoadError, load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(args.tokenizer)
+    except ModelLoadError as err:  # a RuntimeError: reported like the other input errors, in one line
+        raise ValueError(f"--tokenizer: {err}") from err
     table = pd.read_parquet(args.questions)
     subset = pd.read_parquet(args.subset)
     if args.variant:
         areas = variants.load_subject_areas(args.subject_areas)
         texts = variants.variant_prompts(table, subset, args.shots, args.variant, args.seed, areas)
     else:
-        shots = prompts.dev_shots(table, args.shots)
+        shots = prompts.dev_shots(table, args.shots, source=dev_rows_source(args.questions))
         texts = [prompts.k_shot_prompt(row, shots[row["subject"]]) for _, row in subset.iterrows()]
     frame = pd.DataFrame({
         "question_id": subset["question_id"], "subject": subset["subject"], "gold": subset["answer"],
         "n_shots": pd.array([args.shots] * len(subset), dtype="int64"), "prompt": texts,
     })
-    frame = prompts.tokenize_prompts(frame, load_tokenizer(args.tokenizer), args.max_length)
+    frame = prompts.tokenize_prompts(frame, tokenizer, args.max_length)
     if args.variant:
         frame["variant"] = args.variant
         frame["variant_seed"] = pd.array([args.seed] * len(frame), dtype="int64")

@@ -27,8 +27,8 @@ class DatasetError(ValueError):
     """Bad or unreachable input data; the message names the file, split or row at fault."""
 
 
-def _answer_letter(value, where: str) -> str:
-    """Accept A-D or 0-3 (int or digit string); anything else names the row at fault."""
+def _as_letter(value) -> str | None:
+    """A-D or 0-3 (int or digit string) as a letter; None for anything else."""
     if isinstance(value, str):
         text = value.strip()
         if text in LETTERS:
@@ -38,7 +38,43 @@ def _answer_letter(value, where: str) -> str:
     elif isinstance(value, (int,)) or (hasattr(value, "dtype") and getattr(value, "dtype").kind in "iu"):
         if 0 <= int(value) <= 3:
             return LETTERS[int(value)]
-    raise DatasetError(f"{where}: answer {value!r} is outside A-D / 0-3")
+    return None
+
+
+def _answer_letter(value, where: str) -> str:
+    """Accept A-D or 0-3 (int or digit string); anything else names the row at fault."""
+    letter = _as_letter(value)
+    if letter is None:
+        raise DatasetError(f"{where}: answer {value!r} is outside A-D / 0-3")
+    return letter
+
+
+def text_record_lines(path: Path, kind: str = "csv") -> list[int]:
+    """The 1-based line of the file on which each record starts, as pandas reads the records: blank lines are
+    skipped, a CSV record may span lines inside quotes, and a header (if any) is a record like the others."""
+    import csv
+
+    starts = []
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        if kind == "csv":
+            reader = csv.reader(handle)
+            line = 1
+            for record in reader:
+                if any(field.strip() for field in record) or len(record) > 1:
+                    starts.append(line)
+                line = reader.line_num + 1
+        else:  # JSON lines: one record per non-blank line
+            starts = [number for number, text in enumerate(handle, start=1) if text.strip()]
+    return starts
+
+
+def file_line(path: Path, row: int, kind: str = "csv", header_rows: int = 0) -> str:
+    """'line N' of the file for data row `row` (0-based, after `header_rows` header records)."""
+    try:
+        starts = text_record_lines(path, kind)
+        return f"line {starts[row + header_rows]}"
+    except (OSError, IndexError):  # cannot count: say which data row, 1-based
+        return f"data row {row + 1}"
 
 
 def _finish(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -60,14 +96,15 @@ def _check_splits(table: pd.DataFrame, source: str) -> None:
             raise DatasetError(f"{source}: split {split!r} is empty")
 
 
-def _from_hub_columns(frame: pd.DataFrame, split: str, source: str) -> pd.DataFrame:
-    """Rows with the cais/mmlu columns (question, subject, choices, answer as 0-3)."""
+def _from_hub_columns(frame: pd.DataFrame, split: str, source: str, where_row=None) -> pd.DataFrame:
+    """Rows with the cais/mmlu columns (question, subject, choices, answer as 0-3). `where_row(i)` says where row i
+    is in the source (e.g. 'line 7' of a JSONL file); by default 'row i' (0-based, as the dataset indexes it)."""
     missing = [c for c in HUB_COLUMNS if c not in frame.columns]
     if missing:
         raise DatasetError(f"{source}: missing column(s) {missing}; expected {list(HUB_COLUMNS)}")
     rows = []
     for i, record in enumerate(frame[list(HUB_COLUMNS)].itertuples(index=False)):
-        where = f"{source} row {i}"
+        where = f"{source} {where_row(i) if where_row else f'row {i} (0-based)'}"
         choices = list(record.choices) if record.choices is not None else []
         if len(choices) != 4:
             raise DatasetError(f"{where}: expected 4 choices, found {len(choices)}")
@@ -110,10 +147,18 @@ def _read_csv_release(root: Path) -> pd.DataFrame:
                 raw = pd.read_csv(path, header=None, dtype=str, keep_default_na=False)
             except pd.errors.EmptyDataError:
                 raise DatasetError(f"{path}: file is empty") from None
+            except pd.errors.ParserError as err:  # pandas counts lines from 1, as here
+                raise DatasetError(f"{path}: not a 6-column CSV ({' '.join(str(err).split())})") from None
             if raw.shape[1] != 6:
                 raise DatasetError(f"{path}: expected 6 columns (question, A, B, C, D, answer), found {raw.shape[1]}")
             raw.columns = ["question", *LETTERS, "answer"]
-            raw["answer"] = [_answer_letter(v, f"{path} row {i}") for i, v in enumerate(raw["answer"])]
+            # The release's CSVs have no header: data row i (0-based) starts on line i + 1, or later when a
+            # quoted field above it spans lines.
+            letters = [_as_letter(v) for v in raw["answer"]]
+            if None in letters:
+                i = letters.index(None)
+                _answer_letter(raw["answer"].iloc[i], f"{path} {file_line(path, i)}")
+            raw["answer"] = letters
             raw.insert(0, "subject", subject)
             raw.insert(0, "split", split)
             frames.append(raw)
@@ -140,7 +185,8 @@ def _read_table_files(root: Path) -> pd.DataFrame:
                 raw = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_json(path, lines=True)
             except ValueError as err:
                 raise DatasetError(f"{path}: unreadable ({err})") from err
-            frames.append(_from_hub_columns(raw, split, str(path)))
+            where_row = (lambda i, path=path: file_line(path, i, "jsonl")) if path.suffix == ".jsonl" else None
+            frames.append(_from_hub_columns(raw, split, str(path), where_row))
     table = _finish(frames)
     _check_splits(table, str(root))
     return table

@@ -1,4 +1,4 @@
-"""Prompt text exactly as the reference protocol writes it (design.md §2), and left truncation."""
+"""Prompt text exactly as the reference protocol writes it (docs/protocol.md §2.2, truncation §2.4), and left truncation."""
 from __future__ import annotations
 
 import pandas as pd
@@ -24,13 +24,20 @@ def k_shot_prompt(query, shots: list) -> str:
     return subject_header(query["subject"]) + "".join(shot_text(s) for s in shots) + question_block(query)
 
 
-def dev_shots(table: pd.DataFrame, n_shots: int) -> dict[str, list]:
-    """The first k dev rows of each subject, in dev order (the reference default)."""
+def dev_shots(table: pd.DataFrame, n_shots: int, source=None) -> dict[str, list]:
+    """The first k dev rows of each subject, in dev order (the reference default).
+
+    `source` names where the dev rows come from, for the error when a subject has too few: a string (e.g. the
+    questions file) or a function of the subject (e.g. naming the subject's dev file too).
+    """
     dev = table[table["split"] == "dev"]
     shots = {}
     for subject, rows in dev.groupby("subject", sort=True):
         if len(rows) < n_shots:
-            raise DatasetError(f"subject {subject!r} has {len(rows)} dev examples, fewer than the {n_shots} shots asked for")
+            where = source(subject) if callable(source) else source
+            raise DatasetError(
+                f"subject {subject!r} has {len(rows)} dev examples{f' in {where}' if where else ''}, fewer than the "
+                f"{n_shots} shots asked for: ask for at most {len(rows)} shots, or give the subject more dev rows")
         shots[subject] = [row for _, row in rows.head(n_shots).iterrows()]
     return shots
 

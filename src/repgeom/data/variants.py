@@ -1,4 +1,4 @@
-"""Prompt controls: k-shot prompts whose shots are altered in one named way each (design.md §2).
+"""Prompt controls: k-shot prompts whose shots are altered in one named way each (docs/protocol.md §2.5).
 
 Every variant keeps the plain k-shot layout, header + k shot blocks + query block, and changes only the
 shots (and, for `gibberish`, the header). The query block is always the real `question_block` of the

@@ -13,6 +13,7 @@ from repgeom.extract.hooks import HOOKS, UnsupportedArchitecture
 from repgeom.extract.run import ExtractionJob, ExtractionSettings, PromptSetError
 from repgeom.logs import configure_logging
 from repgeom.models.loading import ModelLoadError
+from repgeom.shipped import deepspeed_config_arg
 from repgeom.store.layout import STORE_DTYPES, StoreError
 
 
@@ -36,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hook", choices=HOOKS, default="block_input_norm")
     parser.add_argument("--store-dtype", choices=STORE_DTYPES, default="float32")
     parser.add_argument("--model-dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
-                        help="auto: bfloat16 on GPU, float32 on CPU")
+                        help="auto: bfloat16 on a GPU and on a CPU with native bf16, else float32")
     parser.add_argument("--max-batch-tokens", type=int, help="padded tokens per batch (default 16384 GPU, 2048 CPU)")
     parser.add_argument("--max-length", type=int, help="truncate prompts from the left to this many tokens "
                                                        "(default: the model's max_position_embeddings)")
@@ -44,7 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--token-sample-layers", type=layer_list, default=[], help="layers of the all-token sample")
     parser.add_argument("--token-sample-size", type=int, default=0, help="tokens in the all-token sample")
     parser.add_argument("--seed", type=int, default=0, help="seed of the token sample")
-    parser.add_argument("--zero3", metavar="CONFIG.json", help="DeepSpeed ZeRO-3 config: partition the model over ranks")
+    parser.add_argument("--zero3", metavar="CONFIG", type=deepspeed_config_arg,
+                        help="DeepSpeed ZeRO-3 config (shipped: zero3, or a JSON file): partition the model over ranks")
     parser.add_argument("--device-map", choices=("auto",), help="shard layers over this process's GPUs")
     return parser.parse_args(argv)
 

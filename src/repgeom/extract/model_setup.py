@@ -2,6 +2,7 @@
 `device_map="auto"` layer sharding, or DeepSpeed ZeRO-3 partitioning across ranks)."""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,69 @@ def read_adapter_config(adapter: str):
     return PeftConfig.from_pretrained(adapter)
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+# peft config fields that hold sets (peft keeps target_modules as one and writes it in the process's hash order) or
+# lists whose order carries no meaning: sorted in the canonical form.
+ORDER_FREE_KEYS = ("target_modules", "exclude_modules", "modules_to_save", "layers_to_transform", "layers_pattern",
+                   "target_parameters", "target_modules_bd_a", "target_modules_bd_b")
+FINGERPRINT_FILES = (".safetensors", ".bin", ".json", ".model")  # as `model_fingerprint` picks them
+ADAPTER_FINGERPRINT = "weights-bytes+canonical-json/1"
+
+
+def canonical_adapter_config(config: dict) -> dict:
+    """The adapter config with its order-free lists sorted (a set is written in an order that changes per process)."""
+    config = dict(config)
+    for key in ORDER_FREE_KEYS:
+        value = config.get(key)
+        if isinstance(value, (list, tuple, set)):
+            try:
+                config[key] = sorted(value)
+            except TypeError:  # mixed types: leave as written
+                config[key] = list(value)
+    return config
+
+
+def canonical_adapter_config_text(config: dict) -> str:
+    """`adapter_config.json` as peft writes it (indent 2, sorted keys), with the order-free lists sorted."""
+    return json.dumps(canonical_adapter_config(config), indent=2, sort_keys=True)
+
+
+def _canonical_json_bytes(path: Path) -> bytes | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if path.name == ADAPTER_CONFIG and isinstance(value, dict):
+        value = canonical_adapter_config(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def adapter_fingerprint(adapter: str | None) -> dict | None:
+    """Identify an adapter folder by what it computes: the bytes of its weight files plus the canonical form of its
+    JSON files (sorted keys; `adapter_config.json`'s order-free lists sorted), so that saving the same adapter again
+    (in a process whose set order differs) keeps its fingerprint. A hub id is identified by id and revision."""
+    if adapter is None:
+        return None
+    folder = Path(adapter).expanduser()
+    if not folder.is_dir():
+        return model_fingerprint(adapter)
+    digest = hashlib.sha256(ADAPTER_FINGERPRINT.encode() + b"\n")
+    for file in sorted(p for p in folder.iterdir() if p.suffix in FINGERPRINT_FILES and p.is_file()):
+        content = _canonical_json_bytes(file) if file.suffix == ".json" else None
+        digest.update(f"{file.name}\0{'canonical-json' if content is not None else 'bytes'}\0".encode())
+        if content is not None:
+            digest.update(hashlib.sha256(content).digest())
+        else:
+            file_digest = hashlib.sha256()
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    file_digest.update(block)
+            digest.update(file_digest.digest())
+    return {"model_id": str(folder), "weights_sha256": digest.hexdigest(), "fingerprint": ADAPTER_FINGERPRINT}
+
+
+def legacy_adapter_fingerprint(adapter: str | None) -> dict | None:
+    """The fingerprint of groups extracted before `adapter_fingerprint` was canonical: every file's raw bytes."""
     return None if adapter is None else model_fingerprint(adapter)
 
 

@@ -1,11 +1,18 @@
 """Extract one condition (a base model with k shots, or an adapter with 0 shots) into one group of the store.
 
+Each rank holds an exclusive lock (`repgeom.locks`) on the group while it runs, a file
+`.{store}.locks/{group}.lock.rank{r}` beside the store (outside it: zarr warns about foreign files in its folders,
+and the store's files stay untouched by a run that has nothing to do); a second job on the same group stops at once.
+A run on an existing group (complete or not) first re-hashes the row chunks marked done against the digests kept
+when they were written (the ranks share the work), and computes again those whose files are missing or changed.
+
 Each rank owns whole row chunks (round robin over the chunks not yet done) and writes them itself. Within a chunk,
 prompts run in length-sorted batches; hooks keep only last-token rows on the device; each batch's rows are copied
 asynchronously into a host buffer, which a writer thread stores once the chunk is full, while the next chunk runs.
 """
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -23,14 +30,17 @@ from repgeom.extract.accuracy import accuracy_frame, accuracy_summary, write_acc
 from repgeom.extract.batching import (TokenSample, encode_prompts, first_token_index, last_token_index,
                                       length_batches, pad_batch, position_ids)
 from repgeom.extract.hooks import HOOKS, HookPoint, RowCapture, find_hook_points, unwrap
-from repgeom.extract.model_setup import (ExtractionModel, adapter_fingerprint, compute_device, load_extraction_model,
-                                         load_model_config, max_prompt_length, read_adapter_config, read_zero3_config)
+from repgeom.extract.model_setup import (ExtractionModel, adapter_fingerprint, compute_device,
+                                         legacy_adapter_fingerprint, load_extraction_model, load_model_config,
+                                         max_prompt_length, read_adapter_config, read_zero3_config)
 from repgeom.extract.writer import AsyncChunkWriter, FilledChunk, HostBuffer, to_storage
+from repgeom.locks import rank_locks
 from repgeom.models.loading import answer_letter_token_ids, load_tokenizer, model_fingerprint, parse_dtype
 from repgeom.store.layout import (ARGMAX_TOKEN, LETTER_LOGPROB, STORE_DTYPES, chunk_rows, prompt_set_hash,
                                   storage_dtype)
 from repgeom.store.reading import open_store_group, prompt_frame, read_array, require_array
-from repgeom.store.writing import GroupSpec, GroupWriter, TokenSampleLayout, group_status, open_group_for_writing
+from repgeom.store.writing import (GroupSpec, GroupWriter, TokenSampleLayout, group_status, open_group_for_repair,
+                                   open_group_for_writing)
 
 log = logging.getLogger("repgeom.extract")
 
@@ -254,9 +264,20 @@ class ExtractionJob:
     zero3_config_path: str | None = None
     device_map: str | None = None
 
+    @property
+    def lock_base(self) -> Path:
+        store = Path(self.store_path)
+        return store.parent / f".{store.name}.locks" / f"{self.group}.lock"
+
     def run(self) -> dict | None:
-        """Returns the accuracy summary on rank 0, None on the other ranks."""
+        """Returns the accuracy summary on rank 0, None on the other ranks. A LockedError (before anything is read or
+        written) if another live process works on the same group."""
         info = distributed.rank_info_from_env()
+        with rank_locks(self.lock_base, f"store group {self.group!r} of {str(self.store_path)!r}", info.rank,
+                        info.world_size):
+            return self._run(info)
+
+    def _run(self, info: distributed.RankInfo) -> dict | None:
         if self.device_map and (info.world_size > 1 or self.zero3_config_path):
             raise ValueError("--device-map auto shards one process's model over its GPUs: run it as a single rank, "
                              "without --zero3")
@@ -269,13 +290,19 @@ class ExtractionJob:
         device = compute_device(info, self.device_map)
         dtype = parse_dtype(self.settings.model_dtype, device)
         identity = {
-            "model": model_fingerprint(self.model_spec, self.revision), "adapter": adapter_fingerprint(self.adapter),
+            "model": model_fingerprint(self.model_spec, self.revision), "adapter": self._adapter_identity(),
             "hook": self.settings.hook, "store_dtype": self.settings.store_dtype,
             "model_dtype": str(dtype).removeprefix("torch."), "prompt_set_hash": prompt_set_hash(prompts),
             "max_length": max_length, "token_sample": self.settings.token_sample_identity(),
         }
         group_writer = None
-        if group_status(self.store_path, self.group, identity) != "complete":
+        status = group_status(self.store_path, self.group, identity)
+        if status != "absent":
+            if info.world_size > 1:  # the ranks share the verification
+                distributed.init_process_group(info, zero3=self.zero3_config_path is not None, device=device)
+            if self._recompute_damaged_chunks(info, device):
+                status = "incomplete"
+        if status != "complete":
             distributed.init_process_group(info, zero3=self.zero3_config_path is not None, device=device)
             group_writer = self._extract(prompts, tokenizer, letter_ids, identity, max_length, device, dtype, info)
         summary = None
@@ -291,6 +318,51 @@ class ExtractionJob:
                      summary["macro_argmax"], summary["n"])
         distributed.close_process_group()
         return summary
+
+    def _adapter_identity(self) -> dict | None:
+        """The adapter's fingerprint; for a group extracted before fingerprints were canonical from this very adapter
+        folder (its bytes unchanged since), the fingerprint stored then, so that the group still resumes."""
+        fingerprint = adapter_fingerprint(self.adapter)
+        if fingerprint is None:
+            return None
+        try:
+            stored = json.loads((Path(self.store_path) / self.group / "zarr.json").read_text())["attributes"]["adapter"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return fingerprint
+        if stored != fingerprint and stored == legacy_adapter_fingerprint(self.adapter):
+            log.info("%s was extracted from this adapter folder, unchanged since, under the older byte-level "
+                     "fingerprint; keeping that", self.group)
+            return stored
+        return fingerprint
+
+    def _recompute_damaged_chunks(self, info: distributed.RankInfo, device) -> bool:
+        """Re-hash the files of the row chunks marked done (each rank a share) against the digests recorded when they
+        were written; un-mark those that are missing or changed, so that the extraction computes them again. True if
+        any was. Writes nothing when all are intact."""
+        began = time.perf_counter()
+        writer = open_group_for_repair(self.store_path, self.group)
+        if not writer.has_digests:
+            if info.is_main:
+                log.warning("%s keeps no per-chunk digests (written by an older version): its row chunks cannot be "
+                            "verified", self.group)
+            return False
+        done = np.flatnonzero(writer.done_chunks())
+        mine = done[info.rank::info.world_size]
+        problems = writer.verify_chunks(mine)
+        for chunk, rel, what in problems:
+            log.warning("%s: row chunk %d is damaged: file %s %s", self.group, chunk, rel, what)
+        flags = np.zeros(writer.n_chunks, dtype=bool)
+        flags[[chunk for chunk, _, _ in problems]] = True
+        damaged = np.flatnonzero(distributed.all_ranks_any(flags, device)).tolist()
+        if info.is_main:
+            if damaged:
+                open_group_for_repair(self.store_path, self.group, writable=True).unmark_chunks(damaged)
+                log.warning("%s: recomputing damaged row chunk(s) %s of %d", self.group, damaged, writer.n_chunks)
+            else:
+                log.info("%s: %d row chunks marked done verified against their digests in %.1f s: intact",
+                         self.group, len(done), time.perf_counter() - began)
+        distributed.barrier()  # every rank sees the un-marked chunks before it reads which to compute
+        return bool(damaged)
 
     def _extract(self, prompts, tokenizer, letter_ids, identity, max_length, device, dtype, info):
         settings = self.settings

@@ -16,7 +16,8 @@ from repgeom.distributed import LaunchError
 from repgeom.finetune.params import FinetuneError, parse_params
 from repgeom.finetune.trainer import FinetuneJob
 from repgeom.logs import configure_logging
-from repgeom.models.loading import ModelLoadError
+from repgeom.models.loading import ModelLoadError, check_model_folder
+from repgeom.shipped import deepspeed_config_arg
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,9 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--params-json", required=True,
                         help='hyperparameters as a JSON object, e.g. \'{"method": "lora", "lr": 2e-4}\'; '
                              "missing keys take the 8B reference values")
-    parser.add_argument("--deepspeed", required=True, help="DeepSpeed JSON config, e.g. config/deepspeed/zero2.json")
+    parser.add_argument("--deepspeed", required=True, type=deepspeed_config_arg, help="a shipped DeepSpeed config (zero2, zero3) or a JSON file")
     parser.add_argument("--model-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
-                        help="auto: bfloat16 on GPU, float32 on CPU")
+                        help="auto: bfloat16 on a GPU and on a CPU with native bf16, else float32")
     parser.add_argument("--restart-if-changed", action="store_true",
                         help="if --out holds a run of different settings, delete it and start over (the workflow's "
                              "choice when a hyperparameter changed); by default that is an error")
@@ -48,8 +49,12 @@ def main(argv: list[str] | None = None) -> int:
             raw = json.loads(args.params_json)
         except json.JSONDecodeError as err:
             raise FinetuneError(f"--params-json is not valid JSON: {err}") from err
-        FinetuneJob(model=args.model, train=Path(args.train), out=Path(args.out), params=parse_params(raw),
-                    deepspeed_config=Path(args.deepspeed), model_dtype=args.model_dtype, revision=args.revision,
+        params = parse_params(raw)
+        # A local --model folder must hold a config, a tokenizer and weights: say so (and what it holds) up front,
+        # rather than as whichever transformers error the first loader happens to raise.
+        check_model_folder(args.model)
+        FinetuneJob(model=args.model, train=Path(args.train), out=Path(args.out), params=params,
+                    deepspeed_config=args.deepspeed, model_dtype=args.model_dtype, revision=args.revision,
                     restart_if_changed=args.restart_if_changed).run()
     except (FinetuneError, ModelLoadError, LaunchError) as err:
         print(f"repgeom.finetune: error: {err}", file=sys.stderr)

@@ -122,9 +122,28 @@ def save_adapter(peft_model, folder: Path, is_main: bool) -> None:
     from safetensors.torch import save_file
 
     peft_model.save_pretrained(folder, is_main_process=is_main)
+    if is_main:
+        write_canonical_adapter_config(Path(folder))
     subspace = prefix_subspace(peft_model)
     if subspace is not None:
         with torch.no_grad():
             vertices = subspace.vertices().detach().float().cpu().contiguous()
         if is_main:
             save_file({"vertices": vertices}, folder / VERTICES_FILE)
+
+
+def write_canonical_adapter_config(folder: Path) -> None:
+    """Rewrite peft's `adapter_config.json` in canonical form, atomically: peft writes `target_modules` (a set) in the
+    hash order of the process (PYTHONHASHSEED), so the same adapter saved twice would differ in that file."""
+    import json
+
+    from repgeom.extract.model_setup import ADAPTER_CONFIG, canonical_adapter_config_text
+    from repgeom.io import atomic_path
+
+    path = folder / ADAPTER_CONFIG
+    written = path.read_text()
+    text = canonical_adapter_config_text(json.loads(written))
+    if written != text:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+            tmp.chmod(path.stat().st_mode & 0o777)  # as peft made it, not mkstemp's 0600

@@ -1,4 +1,4 @@
-"""Fine-tuning hyperparameters: the reference values (design.md §2) and the checks on a `--params-json` object."""
+"""Fine-tuning hyperparameters: the reference values (docs/protocol.md §3.1) and the checks on a `--params-json` object."""
 from __future__ import annotations
 
 import dataclasses

