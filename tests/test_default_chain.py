@@ -1,8 +1,10 @@
 """The embedded default, run for real end to end (with a shortened pre-training, to keep CI fast)."""
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -29,6 +31,7 @@ def default_run(tmp_path_factory):
     config["variants"] = {"wrong_answers": [2]}
     # One epoch of 8 steps, adapters at steps 1 and 8 (geomspace(1, 8, 2)) and at the epoch's end.
     config["finetune"]["methods"]["lora"].update(epochs=1, n_checkpoints=2)
+    config["extraction"]["chunk_rows"] = 64  # 600 prompts: ten row chunks, the last one short
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(workdir)
     assert result.returncode == 0, result.stderr[-5000:]
@@ -80,6 +83,54 @@ def test_rerun_has_nothing_to_do(default_run):
     result = snakemake(workdir, "-n")
     assert result.returncode == 0
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def snakemake_pid(session: int) -> int:
+    """The Snakemake process that `make run`, started as session leader `session`, runs."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat[3]) == session and any(part.endswith(b"snakemake") for part in command[:2]):
+            return int(entry.name)
+    raise LookupError("no snakemake process in the session")
+
+
+@pytest.mark.slow
+def test_make_run_killed_then_run_again_equals_an_uninterrupted_run(default_run, tmp_path):
+    """The README's command, with Snakemake SIGKILLed while the fine-tuning runs (its jobs run on, orphaned), then
+    the same command again: it finishes, and every table and adapter equals the uninterrupted run's."""
+    workdir, config = default_run
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "config.yaml").write_text(yaml.safe_dump(config))
+    command = ["make", "--no-print-directory", "-C", str(ROOT), "run", f"VENV={Path(VENV_BIN).parent}",
+               f"CONFIG={killed / 'config.yaml'}", "CORES=2", f"SNAKEMAKE_ARGS=--directory {killed}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    first = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=env)
+    training_log = killed / "results/logs/finetune/tiny-llama/lora.log"
+    deadline = time.monotonic() + 900
+    while not (training_log.exists() and "step" in training_log.read_text()):
+        assert first.poll() is None and time.monotonic() < deadline, "the run ended before the fine-tuning started"
+        time.sleep(0.5)
+    os.kill(snakemake_pid(first.pid), signal.SIGKILL)
+    first.wait(timeout=60)
+    assert not (killed / "results/tables/accuracy.csv").exists()
+
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1500)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    for table in ("tables/accuracy.csv", "metrics/all.parquet", "metrics/overlap.parquet"):
+        read = pd.read_csv if table.endswith(".csv") else pd.read_parquet
+        pd.testing.assert_frame_equal(read(killed / "results" / table), read(workdir / "results" / table))
+    adapters = "finetune/tiny-llama/lora/checkpoints"
+    for adapter in (workdir / "results" / adapters).iterdir():
+        assert ((killed / "results" / adapters / adapter.name / "adapter_model.safetensors").read_bytes()
+                == (adapter / "adapter_model.safetensors").read_bytes()), adapter.name
 
 
 def reordered(value):

@@ -23,10 +23,12 @@ import shlex
 import sys
 from collections.abc import Mapping, Sequence
 
+from repgeom.errors import InputError, entry_point
+
 TORCHRUN = ("-m", "torch.distributed.run")
 
 
-class LaunchError(ValueError):
+class LaunchError(InputError):
     """The GPU count, the command, or the rank variables and rendezvous settings a rank reads cannot be used."""
 
 
@@ -106,14 +108,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@entry_point("repgeom.launch")
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        gpus, source = gpu_count(args.gpus, os.environ)
-        command, extra_env = build_command(args.command, gpus, os.environ, cpus=args.cpus)
-    except LaunchError as e:
-        print(f"repgeom.launch: {e}", file=sys.stderr)
-        return 2
+    gpus, source = gpu_count(args.gpus, os.environ)
+    command, extra_env = build_command(args.command, gpus, os.environ, cpus=args.cpus)
     shown = " ".join(f"{k}={v}" for k, v in extra_env.items()) + (" " if extra_env else "") + shlex.join(command)
     if args.print:
         print(shown)

@@ -4,7 +4,9 @@ terminal) and a new job never write the same training folder or store group at o
 A lock is `fcntl.flock` on a lock file: the kernel releases it when its holder dies, however it dies (SIGKILL
 included), so a lock never outlives its process and needs no clean-up. The holder writes its pid, host, start time
 and command line into the file, and a second process that cannot take the lock stops at once with a `LockedError`
-that names the holder. Lock files are never deleted (deleting one while another process waits on it would let two
+that names the holder, or, asked to wait, logs that message once and waits for the holder to finish (the
+workflow's jobs wait: after a killed Snakemake, the job it left running finishes and the re-run's job then finds
+its work done). Lock files are never deleted (deleting one while another process waits on it would let two
 processes hold "the" lock on different files); they are emptied on release.
 
 Standard library only: imported by the training and extraction entry points before torch is needed.
@@ -16,6 +18,7 @@ import errno
 import fcntl
 import glob
 import json
+import logging
 import os
 import socket
 import sys
@@ -24,8 +27,13 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from repgeom.errors import InputError
 
-class LockedError(ValueError):
+
+log = logging.getLogger("repgeom.locks")
+
+
+class LockedError(InputError):
     """Another live process holds the lock; the message names it (pid, host, since when) and says what to do."""
 
 
@@ -74,11 +82,12 @@ def locked_message(what: str, path: str | Path, holder: dict | None) -> str:
 
 
 @contextmanager
-def exclusive_lock(path: str | Path, what: str) -> Iterator[Path]:
+def exclusive_lock(path: str | Path, what: str, wait: bool = False) -> Iterator[Path]:
     """Hold an exclusive flock on the file `path` (created with its folder if need be) for the block.
 
-    If another process holds it, raise `LockedError` at once (no waiting), naming that process and `what` (the thing
-    the lock protects, for the message). The lock is released when the block ends or the process dies."""
+    If another process holds it, raise `LockedError` at once, naming that process and `what` (the thing the lock
+    protects, for the message); with `wait`, log that message and wait for the lock instead. The lock is released
+    when the block ends or the process dies."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -88,7 +97,12 @@ def exclusive_lock(path: str | Path, what: str) -> Iterator[Path]:
         except OSError as err:
             if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            raise LockedError(locked_message(what, path, wait_for_holder(path))) from None
+            message = locked_message(what, path, wait_for_holder(path))
+            if not wait:
+                raise LockedError(message) from None
+            log.warning("waiting: %s", message)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            log.info("the lock %r is free: going on", str(path))
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(holder_record()) + "\n").encode(), 0)
@@ -106,7 +120,7 @@ def rank_lock_path(base: str | Path, rank: int) -> Path:
 
 
 @contextmanager
-def rank_locks(base: str | Path, what: str, rank: int, world_size: int) -> Iterator[Path]:
+def rank_locks(base: str | Path, what: str, rank: int, world_size: int, wait: bool = False) -> Iterator[Path]:
     """The lock of one rank of a job that writes `what`: the file `{base}.rank{rank}`.
 
     One file per rank, so that the ranks of one job never block each other and need no collective to take it (it is
@@ -116,13 +130,13 @@ def rank_locks(base: str | Path, what: str, rank: int, world_size: int) -> Itera
     rank of this job holds: a leftover rank of an earlier, larger job (say rank 3 of 4, still writing its own row
     chunks after rank 0 died) stops this job too."""
     with ExitStack() as stack:
-        own = stack.enter_context(exclusive_lock(rank_lock_path(base, rank), what))
+        own = stack.enter_context(exclusive_lock(rank_lock_path(base, rank), what, wait))
         if rank == 0:
             base = Path(base)
             prefix = f"{base.name}.rank"
             others = sorted(path for path in base.parent.glob(f"{glob.escape(prefix)}*")
                             if path.name[len(prefix):].isdigit() and int(path.name[len(prefix):]) >= world_size)
             for path in others:
-                with exclusive_lock(path, what):  # free: a leftover of an earlier job that is gone
+                with exclusive_lock(path, what, wait):  # free unless a leftover of an earlier job lives
                     pass
         yield own

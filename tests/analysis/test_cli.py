@@ -155,17 +155,14 @@ def test_module_entry_point_runs():
 
 
 def test_store_errors_are_reported_in_one_line(monkeypatch, tmp_path, capsys):
-    class FakeStoreError(RuntimeError):
-        pass
-
     def read_layer(path, group, layer):
-        raise FakeStoreError(f"group {group!r} of {path!r} is incomplete")
-    monkeypatch.setattr(repgeom.store, "StoreError", FakeStoreError, raising=False)
+        raise repgeom.store.StoreError(f"group {group!r} of {path!r} is incomplete")
     monkeypatch.setattr(repgeom.store, "read_layer", read_layer, raising=False)
     monkeypatch.setattr(repgeom.store, "n_layers", lambda path, group: 2, raising=False)
     monkeypatch.setattr(repgeom.store, "group_attrs", lambda path, group: {}, raising=False)
     assert main(["layers", "--store", "s.zarr", "--group", "m/c", "--out", str(tmp_path / "o.parquet")]) == 1
-    assert "group 'm/c' of 's.zarr' is incomplete" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "repgeom.analysis: error: group 'm/c' of 's.zarr' is incomplete" in err and "Traceback" not in err
 
 
 # The data overlap on rows with exact duplicates: a row duplicated in either representation is dropped from both

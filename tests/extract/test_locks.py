@@ -41,6 +41,21 @@ def holder():
             child.wait()
 
 
+def test_a_waiting_job_says_whom_it_waits_for_and_goes_on_when_it_ends(holder, tmp_path, caplog):
+    """The workflow's jobs wait: a job left running by a killed Snakemake finishes, then the re-run's job goes on."""
+    base = tmp_path / "out.lock"
+    child = holder(base)
+    killer = subprocess.Popen([sys.executable, "-c", f"import os, signal, time; time.sleep(1); os.kill({child.pid}, 9)"])
+    start = time.monotonic()
+    with caplog.at_level("INFO", logger="repgeom.locks"):
+        with rank_locks(base, "output 'out'", 0, 1, wait=True) as path:
+            assert json.loads(path.read_text())["pid"] == os.getpid()
+    killer.wait()
+    assert time.monotonic() - start >= 0.9
+    assert f"waiting: output 'out' is in use by process {child.pid}" in caplog.text
+    assert "is free: going on" in caplog.text
+
+
 def test_a_held_lock_names_its_holder_and_dies_with_it(holder, tmp_path):
     base = tmp_path / "out.lock"
     child = holder(base)
@@ -96,7 +111,7 @@ def cli_args(model, prompts, out):
 def test_extraction_on_a_locked_group_stops_before_writing(holder, tiny_llama_dir, prompts_file, tmp_path, capsys):
     job = ExtractionJob(str(tiny_llama_dir), prompts_file, tmp_path / "store.zarr", "m/c", tmp_path / "acc.parquet")
     child = holder(job.lock_base)
-    assert main(cli_args(tiny_llama_dir, prompts_file, tmp_path)) == 2
+    assert main(cli_args(tiny_llama_dir, prompts_file, tmp_path)) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"repgeom.extract: error: store group 'm/c' of '{tmp_path / 'store.zarr'}' is in use by "
                           f"process {child.pid} on host ")
@@ -127,7 +142,7 @@ def test_a_running_extraction_keeps_a_second_one_out(tiny_llama_dir, make_prompt
         while not (lock.is_file() and lock.read_text()) and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert first.poll() is None, first.stderr.read()
-        assert main(cli_args(tiny_llama_dir, prompts, tmp_path)) == 2
+        assert main(cli_args(tiny_llama_dir, prompts, tmp_path)) == 1
         assert f"is in use by process {first.pid} on host " in capsys.readouterr().err
         assert not (tmp_path / "acc.parquet").exists()
         assert first.wait(timeout=300) == 0, first.stderr.read()

@@ -112,7 +112,7 @@ def test_resume_with_other_prompts_is_refused(damaged, tiny_llama_dir, tmp_path,
     node.attrs["complete"] = False
     other = tmp_path / "other.parquet"
     make_prompts(24, seed=1).to_parquet(other)
-    assert cli(tiny_llama_dir, other, damaged, tmp_path) == 2
+    assert cli(tiny_llama_dir, other, damaged, tmp_path) == 1
     assert "different prompt set" in capsys.readouterr().err
     assert not (tmp_path / "acc.parquet").exists()
 
@@ -120,7 +120,7 @@ def test_resume_with_other_prompts_is_refused(damaged, tiny_llama_dir, tmp_path,
 def test_resume_of_partial_store_is_refused(damaged, float32_store, tiny_llama_dir, tmp_path, capsys):
     zarr.open_group(str(damaged), mode="r+")["m/c"].attrs["complete"] = False
     shutil.rmtree(damaged / "m/c/chunk_done")
-    assert cli(tiny_llama_dir, float32_store[0], damaged, tmp_path) == 2
+    assert cli(tiny_llama_dir, float32_store[0], damaged, tmp_path) == 1
     assert "lacks array 'chunk_done'" in capsys.readouterr().err
 
 
@@ -144,12 +144,12 @@ def test_complete_group_only_rewrites_the_accuracy_table(float32_store, tiny_lla
 
 def test_store_path_that_is_a_file(tmp_path, prompts_file, tiny_llama_dir, capsys):
     (tmp_path / "s.zarr").write_text("")
-    assert cli(tiny_llama_dir, prompts_file, tmp_path / "s.zarr", tmp_path) == 2
+    assert cli(tiny_llama_dir, prompts_file, tmp_path / "s.zarr", tmp_path) == 1
     assert "is a file" in capsys.readouterr().err
 
 
 def test_missing_model_path(tmp_path, prompts_file, capsys):
-    assert cli(tmp_path / "no/such/model", prompts_file, tmp_path / "s.zarr", tmp_path) == 2
+    assert cli(tmp_path / "no/such/model", prompts_file, tmp_path / "s.zarr", tmp_path) == 1
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -161,7 +161,7 @@ def test_missing_model_path(tmp_path, prompts_file, capsys):
 def test_malformed_prompts(change, message, tmp_path, tiny_llama_dir, capsys, make_prompts):
     bad = tmp_path / "bad.parquet"
     change(make_prompts(8)).to_parquet(bad)
-    assert cli(tiny_llama_dir, bad, tmp_path / "s.zarr", tmp_path) == 2
+    assert cli(tiny_llama_dir, bad, tmp_path / "s.zarr", tmp_path) == 1
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "s.zarr" / "m").exists()
 

@@ -1,4 +1,4 @@
-"""Bad input stops the CLI with one clear line and exit status 2, before any training starts."""
+"""Bad input stops the CLI with one clear line and exit status 1, before any training starts."""
 import json
 import re
 
@@ -46,7 +46,7 @@ def test_bad_input(case, message, tiny_llama_dir, finetune_set, make_finetune_fr
     status = main(["--model", str(model), "--train", str(train), "--out", str(tmp_path / "out"),
                    "--params-json", params_json, "--deepspeed", str(deepspeed)])
     err = capsys.readouterr().err
-    assert status == 2
+    assert status == 1
     lines = [line for line in err.splitlines() if "repgeom.finetune: error:" in line]
     assert len(lines) == 1 and re.search(message, lines[0]), err
     assert not (tmp_path / "out").exists()
@@ -97,7 +97,7 @@ def test_model_folder_that_is_not_a_model(case, finetune_set, tmp_path, capsys):
     status = main(["--model", str(folder), "--train", str(finetune_set), "--out", str(tmp_path / "out"),
                    "--params-json", '{"micro_batch": 2}', "--deepspeed", str(deepspeed)])
     err = capsys.readouterr().err
-    assert status == 2
+    assert status == 1
     lines = [line for line in err.splitlines() if "repgeom.finetune: error:" in line]
     assert len(lines) == 1 and f"folder {str(folder)!r} " + "holds no" in lines[0], err
     assert re.search(NOT_A_MODEL[case], lines[0]), err
@@ -105,13 +105,13 @@ def test_model_folder_that_is_not_a_model(case, finetune_set, tmp_path, capsys):
 
 
 def test_model_folder_that_is_not_a_model_in_a_subprocess(cli, finetune_set, tmp_path):
-    """`python -m repgeom.finetune` itself: exit status 2, one error line, no traceback."""
+    """`python -m repgeom.finetune` itself: exit status 1, one error line, no traceback."""
     folder = _not_a_model(tmp_path, "random files")
     deepspeed = tmp_path / "ds.json"
     deepspeed.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
     done = cli("--model", folder, "--train", finetune_set, "--out", tmp_path / "out", "--params-json",
                '{"micro_batch": 2}', "--deepspeed", deepspeed)
-    assert done.returncode == 2, done.stderr
+    assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr and "sentencepiece" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if "repgeom.finetune: error:" in line]
     assert len(lines) == 1 and re.search(NOT_A_MODEL["random files"], lines[0]), done.stderr

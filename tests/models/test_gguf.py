@@ -48,10 +48,8 @@ def _package_file() -> Path:
 
 
 @pytest.fixture(scope="module")
-def imported(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gguf_import") / "smollm2"
-    summary = import_gguf(SOURCE, out)
-    return summary, out
+def imported(smollm2_import):
+    return smollm2_import
 
 
 @pytest.fixture(scope="module")
@@ -290,6 +288,6 @@ def test_existing_output_folder_is_refused(tmp_path):
 def test_cli_error_is_one_line_and_exit_1(tmp_path, capsys, source_json, message):
     assert main(["import", "--source-json", source_json, "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err
+    assert err.startswith("repgeom.models: error: ") and message in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()

@@ -38,7 +38,7 @@ rule extract:
         " --accuracy-out {output.accuracy} --hook {params.hook}"
         " --store-dtype {params.store_dtype} --model-dtype {params.model_dtype}"
         " --max-batch-tokens {params.max_batch_tokens} --max-length {params.max_length} {params.chunk_rows}"
-        " {params.token_sample} {params.parallel} > {log} 2>&1"
+        " {params.token_sample} {params.parallel} --wait-for-lock > {log} 2>&1"
 
 
 rule accuracy_table:

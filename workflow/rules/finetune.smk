@@ -28,5 +28,5 @@ rule finetune:
         "python -m repgeom.launch --gpus {resources.gpu} --cpus {threads} --"
         " python -m repgeom.finetune --model {params.model:q} --train {input.train} --out {params.out}"
         " --params-json {params.params:q} --deepspeed {params.deepspeed:q} --model-dtype {params.model_dtype}"
-        " --restart-if-changed"
+        " --restart-if-changed --wait-for-lock"
         " > {log} 2>&1"

@@ -33,7 +33,7 @@ rule import_model:
     output:
         directory(f"{RESULTS}/models/{{model}}"),
     params:
-        provenance=provenance("import_model", ["models.{model}.gguf"]),
+        provenance=provenance("import_model", ["models.{model}.gguf"], params=lambda wc: gguf_source(wc.model)),
         # The shipping package's version, not the file's path inside it: a new release of the package
         # re-imports, a checkout with its virtual environment elsewhere does not.
         source=lambda wc: as_json(gguf_source(wc.model)),

@@ -27,6 +27,7 @@ from repgeom.analysis.geometry import data_overlap
 from repgeom.analysis.neighbors import duplicate_rows, knn
 from repgeom.analysis.layer import AnalysisInputError, analyze_layer, token_local_id_rows, validate_representation
 from repgeom.analysis.params import AnalysisParams
+from repgeom.errors import entry_point
 from repgeom.io import write_parquet
 from repgeom.logs import configure_logging
 
@@ -57,13 +58,6 @@ def _token_sample_layers(store: str, group: str) -> list[int]:
 def _read_token_sample(store: str, group: str, layer: int) -> tuple[np.ndarray, pd.DataFrame]:
     from repgeom import store as activation_store
     return activation_store.read_token_sample(store, group, layer)
-
-
-def _store_errors() -> tuple[type[Exception], ...]:
-    """The store's own error type, reported as one line like the analysis's input errors."""
-    from repgeom import store as activation_store
-    error = getattr(activation_store, "StoreError", None)
-    return (error,) if error else ()
 
 
 def parse_layers(spec: str, n_layers: int) -> list[int]:
@@ -238,6 +232,7 @@ def cmd_overlap(args) -> None:
     log.info("wrote %d overlap rows (%d groups, %d layers) to %s", len(table), len(groups), len(layers), args.out)
 
 
+@entry_point("repgeom.analysis")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m repgeom.analysis", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -266,12 +261,8 @@ def main(argv=None) -> int:
     configure_logging(args.log)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        with threadpool_limits(limits=args.threads):
-            args.func(args)
-    except (AnalysisInputError, OSError, *_store_errors()) as err:
-        log.error("%s", err)
-        return 1
+    with threadpool_limits(limits=args.threads):
+        args.func(args)
     return 0
 
 

@@ -20,6 +20,7 @@ from repgeom.analysis.neighbors import deduplicate, knn
 from repgeom.analysis.local_id import local_twonn, summarize
 from repgeom.analysis.params import AnalysisParams
 from repgeom.analysis.probes import linear_probe, reduce_for_probe
+from repgeom.errors import InputError
 
 # label column -> metric suffix
 LABELS = {"subject": "subject", "gold": "letter"}
@@ -28,7 +29,7 @@ LOCAL_ID_STATS = ("mean", "std", "q05", "q25", "q50", "q75", "q95")
 _CLUSTER_SPECS = [("n_clusters", None)] + [(f"ari_{name}", None) for name in LABELS.values()] + [("core_fraction", None)]
 
 
-class AnalysisInputError(ValueError):
+class AnalysisInputError(InputError):
     """The representation or its labels cannot be analysed; the message names the layer and row."""
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 from repgeom.data import facts, mmlu, prompts, sampling, synthetic, variants
-from repgeom.io import write_parquet
-from repgeom.logs import configure_logging
+from repgeom.errors import InputError, entry_point
+from repgeom.io import read_parquet_table, write_parquet
 
 log = logging.getLogger("repgeom.data")
 
@@ -19,14 +19,21 @@ log = logging.getLogger("repgeom.data")
 GENERATORS = {"facts": facts.generate, "invented": synthetic.generate}
 
 
+def json_option(text: str, option: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{option} is not valid JSON ({err}): {text!r}") from None
+
+
 def cmd_generate(args) -> None:
-    params = json.loads(args.params_json)
+    params = json_option(args.params_json, "--params-json")
     summary = GENERATORS[params.pop("kind")](args.out, **params)
     log.info("generated dataset in %s: %s", args.out, summary)
 
 
 def cmd_sample(args) -> None:
-    table = mmlu.load_dataset_table(json.loads(args.dataset_json))
+    table = mmlu.load_dataset_table(json_option(args.dataset_json, "--dataset-json"))
     subset = sampling.analysis_subset(table, args.max_per_subject, args.seed)
     # Validation rows that `sampled_shots` may use as shots stay out of the fine-tuning set.
     held_out = variants.sampled_shots_pool_ids(table, args.seed) if args.hold_out_shot_pool else []
@@ -72,10 +79,10 @@ def cmd_prompts(args) -> None:
 
     try:
         tokenizer = load_tokenizer(args.tokenizer)
-    except ModelLoadError as err:  # a RuntimeError: reported like the other input errors, in one line
-        raise ValueError(f"--tokenizer: {err}") from err
-    table = pd.read_parquet(args.questions)
-    subset = pd.read_parquet(args.subset)
+    except ModelLoadError as err:
+        raise ModelLoadError(f"--tokenizer: {err}") from err
+    table = read_parquet_table(args.questions, "questions file", mmlu.DatasetError)
+    subset = read_parquet_table(args.subset, "analysis subset file", mmlu.DatasetError)
     if args.variant:
         areas = variants.load_subject_areas(args.subject_areas)
         texts = variants.variant_prompts(table, subset, args.shots, args.variant, args.seed, areas)
@@ -96,6 +103,7 @@ def cmd_prompts(args) -> None:
              frame["n_tokens"].min(), frame["n_tokens"].median(), frame["n_tokens"].max())
 
 
+@entry_point("repgeom.data")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m repgeom.data", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,12 +138,7 @@ def main(argv=None) -> int:
     prm.set_defaults(func=cmd_prompts)
 
     args = parser.parse_args(argv)
-    configure_logging()
-    try:
-        args.func(args)
-    except (mmlu.DatasetError, OSError, ValueError) as err:
-        log.error("%s", err)
-        return 1
+    args.func(args)
     return 0
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from repgeom.data.mmlu import CSV_SPLIT_NAMES, LETTERS, DatasetError
+from repgeom.errors import InputError
 
 # subject -> macro-area (STEM against non-STEM, as the prompt controls need). The order is the write order.
 SUBJECT_AREAS = {
@@ -503,7 +504,7 @@ def _check_sizes(n_dev: int, n_validation: int, n_test: int) -> dict[str, int]:
     sizes = {"dev": n_dev, "validation": n_validation, "test": n_test}
     for split, n in sizes.items():
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"n_{split} must be a positive integer, got {n!r}")
+            raise InputError(f"n_{split} must be a positive integer, got {n!r}")
     return {split: int(n) for split, n in sizes.items()}
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from repgeom.errors import InputError
+
 SPLITS = ("dev", "validation", "test")
 LETTERS = ("A", "B", "C", "D")
 CANONICAL_COLUMNS = ["question_id", "split", "subject", "question", *LETTERS, "answer"]
@@ -23,7 +25,7 @@ HUB_COLUMNS = ("question", "subject", "choices", "answer")
 CSV_SPLIT_NAMES = {"dev": "dev", "validation": "val", "test": "test"}
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """Bad or unreachable input data; the message names the file, split or row at fault."""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pandas as pd
 
 from repgeom.data.mmlu import LETTERS, DatasetError
+from repgeom.errors import InputError
 
 
 def subject_header(subject: str) -> str:
@@ -48,7 +49,7 @@ def truncate_left(tokenizer, text: str, max_length: int) -> tuple[str, int, bool
     n_special = len(tokenizer("", add_special_tokens=True)["input_ids"])
     budget = max_length - n_special
     if budget < 1:
-        raise ValueError(f"max_length {max_length} leaves no room for text after {n_special} special token(s)")
+        raise InputError(f"max_length {max_length} leaves no room for text after {n_special} special token(s)")
     n_text = len(encoded["input_ids"])
     if n_text <= budget:
         return text, n_text + n_special, False

@@ -50,6 +50,7 @@ import pandas as pd
 
 from repgeom.data.mmlu import LETTERS, DatasetError
 from repgeom.data.prompts import dev_shots, question_block, shot_text, subject_header
+from repgeom.errors import InputError
 
 AREAS = ("STEM", "non-STEM")
 POOL_VALIDATION_PER_SUBJECT = 8
@@ -258,7 +259,7 @@ VARIANTS: dict[str, PrefixBuilder] = {
 
 def check_variant(variant: str) -> None:
     if variant not in VARIANTS:
-        raise ValueError(f"unknown prompt variant {variant!r}; known variants: {', '.join(VARIANTS)}")
+        raise InputError(f"unknown prompt variant {variant!r}; known variants: {', '.join(VARIANTS)}")
 
 
 def variant_prompts(table: pd.DataFrame, subset: pd.DataFrame, n_shots: int, variant: str, seed: int,
@@ -266,7 +267,7 @@ def variant_prompts(table: pd.DataFrame, subset: pd.DataFrame, n_shots: int, var
     """One `variant` prompt with `n_shots` shots per row of `subset` (test rows of `table`), in order."""
     check_variant(variant)
     if n_shots < 1:
-        raise ValueError(f"prompt variant {variant!r} alters the shots: n_shots must be at least 1, got {n_shots}")
+        raise InputError(f"prompt variant {variant!r} alters the shots: n_shots must be at least 1, got {n_shots}")
     source = ShotSource(table, n_shots, seed, variant, areas)
     build = VARIANTS[variant]
     return [build(query, source) + question_block(query) for _, query in subset.iterrows()]

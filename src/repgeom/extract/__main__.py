@@ -8,13 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from repgeom.distributed import LaunchError
-from repgeom.extract.hooks import HOOKS, UnsupportedArchitecture
-from repgeom.extract.run import ExtractionJob, ExtractionSettings, PromptSetError
-from repgeom.logs import configure_logging
-from repgeom.models.loading import ModelLoadError
+from repgeom.errors import entry_point
+from repgeom.extract.hooks import HOOKS
+from repgeom.extract.run import ExtractionJob, ExtractionSettings
 from repgeom.shipped import deepspeed_config_arg
-from repgeom.store.layout import STORE_DTYPES, StoreError
+from repgeom.store.layout import STORE_DTYPES
 
 
 def layer_list(text: str) -> list[int]:
@@ -48,23 +46,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--zero3", metavar="CONFIG", type=deepspeed_config_arg,
                         help="DeepSpeed ZeRO-3 config (shipped: zero3, or a JSON file): partition the model over ranks")
     parser.add_argument("--device-map", choices=("auto",), help="shard layers over this process's GPUs")
+    parser.add_argument("--wait-for-lock", action="store_true", help="if another live process writes the same output, wait for it to finish (default: stop, naming it)")
     return parser.parse_args(argv)
 
 
+@entry_point("repgeom.extract")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    configure_logging()
-    try:
-        settings = ExtractionSettings(
-            hook=args.hook, store_dtype=args.store_dtype, model_dtype=args.model_dtype,
-            max_batch_tokens=args.max_batch_tokens, max_length=args.max_length, chunk_rows=args.chunk_rows,
-            token_sample_layers=args.token_sample_layers, token_sample_size=args.token_sample_size, seed=args.seed)
-        ExtractionJob(args.model, args.prompts, args.store, args.group, args.accuracy_out, settings,
-                      adapter=args.adapter, revision=args.revision, zero3_config_path=args.zero3,
-                      device_map=args.device_map).run()
-    except (ModelLoadError, StoreError, PromptSetError, UnsupportedArchitecture, LaunchError, ValueError) as err:
-        print(f"repgeom.extract: error: {err}", file=sys.stderr)
-        return 2
+    settings = ExtractionSettings(
+        hook=args.hook, store_dtype=args.store_dtype, model_dtype=args.model_dtype,
+        max_batch_tokens=args.max_batch_tokens, max_length=args.max_length, chunk_rows=args.chunk_rows,
+        token_sample_layers=args.token_sample_layers, token_sample_size=args.token_sample_size, seed=args.seed)
+    ExtractionJob(args.model, args.prompts, args.store, args.group, args.accuracy_out, settings,
+                  adapter=args.adapter, revision=args.revision, zero3_config_path=args.zero3,
+                  device_map=args.device_map, wait_for_lock=args.wait_for_lock).run()
     return 0
 
 

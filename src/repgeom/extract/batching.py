@@ -6,11 +6,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from repgeom.errors import InputError
+
 
 def encode_prompts(tokenizer, prompts: list[str], max_length: int) -> list[list[int]]:
     """Token ids of each prompt (the tokenizer adds BOS); over `max_length`, cut from the left, keeping BOS."""
     if max_length < 2:
-        raise ValueError(f"max_length must be at least 2 (BOS and one token), got {max_length}")
+        raise InputError(f"max_length must be at least 2 (BOS and one token), got {max_length}")
     encoded = tokenizer(prompts, add_special_tokens=True)["input_ids"]
     return [truncate_left(ids, max_length, tokenizer.bos_token_id) for ids in encoded]
 

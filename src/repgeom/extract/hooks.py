@@ -12,10 +12,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from repgeom.errors import InputError
+
 HOOKS = ("block_input_norm", "residual")
 
 
-class UnsupportedArchitecture(RuntimeError):
+class UnsupportedArchitecture(InputError, RuntimeError):
     """The model lacks the decoder-only layout the extractor relies on; the message says what is missing."""
 
 

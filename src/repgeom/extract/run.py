@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from repgeom import distributed
+from repgeom.errors import InputError
 from repgeom.io import read_parquet_table
 from repgeom.extract.accuracy import accuracy_frame, accuracy_summary, write_accuracy
 from repgeom.extract.batching import (TokenSample, encode_prompts, first_token_index, last_token_index,
@@ -48,7 +49,7 @@ PROMPT_COLUMNS = ("question_id", "subject", "gold", "n_shots", "prompt", "n_toke
 DEFAULT_BATCH_TOKENS = {"cuda": 16384, "cpu": 2048}
 
 
-class PromptSetError(ValueError):
+class PromptSetError(InputError):
     """The prompts file is missing or malformed; the message names the file, column or row."""
 
 
@@ -67,13 +68,13 @@ class ExtractionSettings:
 
     def __post_init__(self):
         if self.hook not in HOOKS:
-            raise ValueError(f"hook point {self.hook!r} is not one of {', '.join(HOOKS)}")
+            raise InputError(f"hook point {self.hook!r} is not one of {', '.join(HOOKS)}")
         if self.padding_side not in ("left", "right"):
-            raise ValueError(f"padding side {self.padding_side!r} is not 'left' or 'right'")
+            raise InputError(f"padding side {self.padding_side!r} is not 'left' or 'right'")
         if self.store_dtype not in STORE_DTYPES:
-            raise ValueError(f"store dtype {self.store_dtype!r} is not one of {', '.join(STORE_DTYPES)}")
+            raise InputError(f"store dtype {self.store_dtype!r} is not one of {', '.join(STORE_DTYPES)}")
         if bool(self.token_sample_layers) != (self.token_sample_size > 0):
-            raise ValueError("a token sample needs both --token-sample-layers and a positive --token-sample-size")
+            raise InputError("a token sample needs both --token-sample-layers and a positive --token-sample-size")
 
     def token_sample_identity(self) -> dict | None:
         if not self.token_sample_size:
@@ -263,6 +264,7 @@ class ExtractionJob:
     revision: str | None = None
     zero3_config_path: str | None = None
     device_map: str | None = None
+    wait_for_lock: bool = False   # wait for another process working on the group, instead of stopping
 
     @property
     def lock_base(self) -> Path:
@@ -274,12 +276,12 @@ class ExtractionJob:
         written) if another live process works on the same group."""
         info = distributed.rank_info_from_env()
         with rank_locks(self.lock_base, f"store group {self.group!r} of {str(self.store_path)!r}", info.rank,
-                        info.world_size):
+                        info.world_size, wait=self.wait_for_lock):
             return self._run(info)
 
     def _run(self, info: distributed.RankInfo) -> dict | None:
         if self.device_map and (info.world_size > 1 or self.zero3_config_path):
-            raise ValueError("--device-map auto shards one process's model over its GPUs: run it as a single rank, "
+            raise InputError("--device-map auto shards one process's model over its GPUs: run it as a single rank, "
                              "without --zero3")
         prompts = read_prompts(self.prompts_path)
         tokenizer = load_tokenizer(self.model_spec, self.revision)
@@ -378,7 +380,7 @@ class ExtractionJob:
         points = find_hook_points(loaded.model, settings.hook, probe)
         bad_layers = [i for i in settings.token_sample_layers if not 0 <= i < len(points)]
         if bad_layers:
-            raise ValueError(f"--token-sample-layers {bad_layers} out of range: the model has layers 0..{len(points) - 1}")
+            raise InputError(f"--token-sample-layers {bad_layers} out of range: the model has layers 0..{len(points) - 1}")
         base = unwrap(loaded.model)
         hidden = base.get_input_embeddings().embedding_dim
         rows = settings.chunk_rows or chunk_rows(len(prompts), hidden, storage_dtype(settings.store_dtype).itemsize,

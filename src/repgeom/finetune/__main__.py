@@ -12,11 +12,10 @@ import json
 import sys
 from pathlib import Path
 
-from repgeom.distributed import LaunchError
+from repgeom.errors import entry_point
 from repgeom.finetune.params import FinetuneError, parse_params
 from repgeom.finetune.trainer import FinetuneJob
-from repgeom.logs import configure_logging
-from repgeom.models.loading import ModelLoadError, check_model_folder
+from repgeom.models.loading import check_model_folder
 from repgeom.shipped import deepspeed_config_arg
 
 
@@ -33,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--deepspeed", required=True, type=deepspeed_config_arg, help="a shipped DeepSpeed config (zero2, zero3) or a JSON file")
     parser.add_argument("--model-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                         help="auto: bfloat16 on a GPU and on a CPU with native bf16, else float32")
+    parser.add_argument("--wait-for-lock", action="store_true", help="if another live process writes the same output, wait for it to finish (default: stop, naming it)")
     parser.add_argument("--restart-if-changed", action="store_true",
                         help="if --out holds a run of different settings, delete it and start over (the workflow's "
                              "choice when a hyperparameter changed); by default that is an error")
@@ -41,24 +41,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@entry_point("repgeom.finetune")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    configure_logging()
     try:
-        try:
-            raw = json.loads(args.params_json)
-        except json.JSONDecodeError as err:
-            raise FinetuneError(f"--params-json is not valid JSON: {err}") from err
-        params = parse_params(raw)
-        # A local --model folder must hold a config, a tokenizer and weights: say so (and what it holds) up front,
-        # rather than as whichever transformers error the first loader happens to raise.
-        check_model_folder(args.model)
-        FinetuneJob(model=args.model, train=Path(args.train), out=Path(args.out), params=params,
-                    deepspeed_config=args.deepspeed, model_dtype=args.model_dtype, revision=args.revision,
-                    restart_if_changed=args.restart_if_changed).run()
-    except (FinetuneError, ModelLoadError, LaunchError) as err:
-        print(f"repgeom.finetune: error: {err}", file=sys.stderr)
-        return 2
+        raw = json.loads(args.params_json)
+    except json.JSONDecodeError as err:
+        raise FinetuneError(f"--params-json is not valid JSON: {err}") from err
+    params = parse_params(raw)
+    # A local --model folder must hold a config, a tokenizer and weights: say so (and what it holds) up front,
+    # rather than as whichever transformers error the first loader happens to raise.
+    check_model_folder(args.model)
+    FinetuneJob(model=args.model, train=Path(args.train), out=Path(args.out), params=params,
+                deepspeed_config=args.deepspeed, model_dtype=args.model_dtype, revision=args.revision,
+                restart_if_changed=args.restart_if_changed, wait_for_lock=args.wait_for_lock).run()
     return 0
 
 

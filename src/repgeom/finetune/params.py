@@ -4,13 +4,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from repgeom.errors import InputError
+
 METHODS = ("lora", "prompt_tuning", "prefix_tuning", "prefix_subspace")
 PROMPT_LEARNING_METHODS = ("prompt_tuning", "prefix_tuning", "prefix_subspace")
 # Roles, matched to the architecture's Linear layer names (`q` -> `q_proj` on Llama); exact names work too.
 REFERENCE_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
-class FinetuneError(ValueError):
+class FinetuneError(InputError):
     """Bad input to the fine-tuning stage: the message names the file, key or row at fault."""
 
 

@@ -132,6 +132,7 @@ class FinetuneJob:
     model_dtype: str = "auto"
     revision: str | None = None
     restart_if_changed: bool = False
+    wait_for_lock: bool = False   # wait for another process training into the folder, instead of stopping
 
     @property
     def state_dir(self) -> Path:
@@ -150,7 +151,7 @@ class FinetuneJob:
         with ExitStack() as stack:
             try:
                 stack.enter_context(rank_locks(self.lock_base, f"training folder {str(self.out)!r}", info.rank,
-                                               info.world_size))
+                                               info.world_size, wait=self.wait_for_lock))
             except LockedError as err:
                 raise FinetuneLocked(str(err)) from None
             self._run(info)

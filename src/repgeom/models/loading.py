@@ -12,11 +12,13 @@ from pathlib import Path
 
 import torch
 
+from repgeom.errors import InputError
+
 ANSWER_LETTERS = ("A", "B", "C", "D")
 ANSWER_CUE = "Answer:"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(InputError, RuntimeError):
     """A model or tokenizer could not be loaded; the message says which and how to fix it."""
 
 

@@ -25,8 +25,8 @@ import sys
 
 import pandas as pd
 
-from repgeom.io import atomic_path, write_parquet
-from repgeom.logs import configure_logging
+from repgeom.errors import InputError, entry_point
+from repgeom.io import atomic_path, read_parquet_table, write_parquet
 from repgeom.plots import FIGURE_NAMES
 from repgeom.plots.tables import accuracy_table
 
@@ -43,7 +43,7 @@ def cmd_accuracy_table(args) -> None:
 
 
 def cmd_concat(args) -> None:
-    table = pd.concat([pd.read_parquet(path) for path in args.inputs], ignore_index=True)
+    table = pd.concat([read_parquet_table(path, "table", InputError) for path in args.inputs], ignore_index=True)
     write_parquet(table, args.out)
     log.info("%d rows from %d tables", len(table), len(args.inputs))
 
@@ -52,7 +52,8 @@ def cmd_variant_ari(args) -> None:
     from repgeom.plots.figures import plot_variant_ari
 
     with atomic_path(args.out) as tmp:
-        conditions = plot_variant_ari(pd.read_parquet(args.metrics), args.model, args.shots, tmp)
+        conditions = plot_variant_ari(read_parquet_table(args.metrics, "metric table", InputError), args.model, args.shots,
+                                      tmp)
     log.info("%s: ARI against layer for %s", args.out, ", ".join(conditions))
 
 
@@ -86,7 +87,7 @@ def cmd_figures(args) -> None:
         held = set(tables["metrics"].loc[tables["metrics"]["model"] == args.model, "condition"])
         missing = [c for c in args.conditions if c not in held]
         if missing:
-            raise ValueError(f"{args.metrics}: the metric table has no rows for condition(s) {', '.join(missing)} "
+            raise InputError(f"{args.metrics}: the metric table has no rows for condition(s) {', '.join(missing)} "
                              f"of model {args.model!r}")
     figures = model_figures(tables["metrics"], tables["overlap"], tables["accuracy"], args.model, steps, params,
                             conditions=args.conditions or None)
@@ -97,6 +98,7 @@ def cmd_figures(args) -> None:
     log.info("wrote %d files to %s", len(written), args.out_dir)
 
 
+@entry_point("repgeom.plots")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m repgeom.plots", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,12 +132,7 @@ def main(argv=None) -> int:
     fig.add_argument("--pdf", action="store_true", help="write each figure as PDF too")
     fig.set_defaults(func=cmd_figures)
     args = parser.parse_args(argv)
-    configure_logging()
-    try:
-        args.func(args)
-    except (ValueError, OSError) as err:
-        log.error("%s", err)
-        return 1
+    args.func(args)
     return 0
 
 

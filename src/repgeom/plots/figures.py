@@ -10,6 +10,8 @@ matplotlib.use("Agg")  # no display on cluster nodes
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from repgeom.errors import InputError  # noqa: E402
+
 METRIC_LABELS = {
     "ari_subject": "ARI with subjects",
     "ari_letter": "ARI with answer letters",
@@ -20,7 +22,7 @@ def metric_by_layer(metrics: pd.DataFrame, model: str, metric: str) -> pd.DataFr
     """layer × condition table of one metric of one model."""
     rows = metrics[(metrics["model"] == model) & (metrics["metric"] == metric)]
     if rows.empty:
-        raise ValueError(f"metric table has no {metric!r} rows for model {model!r}")
+        raise InputError(f"metric table has no {metric!r} rows for model {model!r}")
     return rows.pivot_table(index="layer", columns="condition", values="value", aggfunc="first")
 
 
@@ -35,7 +37,7 @@ def plot_variant_ari(metrics: pd.DataFrame, model: str, n_shots: int, out: str |
     """Subject ARI and letter ARI against layer, for the plain k-shot prompt and each of its controls."""
     conditions = variant_family(set(metrics.loc[metrics["model"] == model, "condition"]), n_shots)
     if len(conditions) < 2:
-        raise ValueError(f"model {model!r}: no prompt-control conditions at {n_shots} shots to compare")
+        raise InputError(f"model {model!r}: no prompt-control conditions at {n_shots} shots to compare")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True, constrained_layout=True)
     for ax, metric in zip(axes, ("ari_subject", "ari_letter")):
         table = metric_by_layer(metrics, model, metric)

@@ -10,14 +10,11 @@ import pandas as pd
 
 from repgeom.analysis.params import AnalysisParams
 from repgeom.conditions import finetuned_condition, parse_condition
+from repgeom.errors import InputError  # a figure input is missing, unreadable or lacks what the figures need
 
 METRIC_COLUMNS = ("model", "condition", "layer", "metric", "scale", "value", "error")
 OVERLAP_COLUMNS = ("model", "condition_a", "condition_b", "layer_a", "layer_b", "metric", "k", "value")
 ACCURACY_COLUMNS = ("model", "condition", "n", "micro", "macro", "micro_argmax", "macro_argmax")
-
-
-class InputError(ValueError):
-    """A figure input is missing, unreadable or lacks what the figures need."""
 
 
 def read_table(path: str | Path, columns: Sequence[str], what: str) -> pd.DataFrame:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from repgeom.errors import InputError
 from repgeom.extract.accuracy import accuracy_summary
+from repgeom.io import read_parquet_table
 
 ACCURACY_COLUMNS = ["model", "condition", "n", "micro", "macro", "micro_argmax", "macro_argmax"]
 
@@ -15,7 +17,7 @@ def accuracy_table(paths: list[str | Path]) -> pd.DataFrame:
     """One row per `extract/{model}/{condition}.accuracy.parquet`, recomputed from the per-prompt rows."""
     rows = []
     for path in map(Path, paths):
-        summary = accuracy_summary(pd.read_parquet(path))
+        summary = accuracy_summary(read_parquet_table(path, "accuracy file", InputError))
         rows.append({"model": path.parent.name, "condition": path.name.removesuffix(".accuracy.parquet"), **summary})
     return pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
 

@@ -23,6 +23,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from repgeom.errors import InputError
 from repgeom.provenance.hashing import ZARR_META, RECORD_SUFFIX, canonical_json, hash_path, is_skipped
 from repgeom.provenance.records import (ABSENT, RECORD_ATTR, RecordError, config_sha256, json_value, lookup,
                                         own_output, read_record, record_path)
@@ -86,12 +87,16 @@ def config_differences(recorded, now, path: str):
 
 
 def load_config(path: str | Path, schema: str | Path | None = None) -> dict:
-    """A YAML or JSON config, with the schema's defaults filled in as the workflow's validation fills them."""
+    """A YAML or JSON config, with the schema's defaults filled in as the workflow's validation fills them; an
+    `InputError` if the file is missing, unreadable or not a mapping."""
     import yaml
 
-    config = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise InputError(str(err)) from err
     if not isinstance(config, dict):
-        raise ValueError(f"config {path} is not a mapping")
+        raise InputError(f"config {path} is not a mapping")
     schema = Path(schema) if schema else Path(path).with_name("schema.yaml")
     if schema.is_file():
         fill_defaults(config, yaml.safe_load(schema.read_text()))

@@ -26,6 +26,7 @@ def audit_parser() -> argparse.ArgumentParser:
 
 
 def run_audit(argv: list[str]) -> int:
+    from repgeom.errors import InputError
     from repgeom.provenance.audit import RESOLVED_CONFIG, audit, load_config, trace
 
     args = audit_parser().parse_args(argv)
@@ -44,7 +45,7 @@ def run_audit(argv: list[str]) -> int:
     if config_path:
         try:
             config = load_config(config_path, args.schema)
-        except (OSError, ValueError) as err:  # yaml's errors are ValueErrors too
+        except InputError as err:
             print(f"repgeom audit: cannot read config {config_path}: {err}", file=sys.stderr)
             return 2
         print(f"audit: comparing config keys with {config_path}")

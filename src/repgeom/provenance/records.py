@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 from repgeom.provenance.hashing import RECORD_SUFFIX, ZARR_META, canonical_json, file_sha256, is_zarr
+from repgeom.errors import InputError
 
 SCHEMA_VERSION = 1
 RECORD_ATTR = "provenance"
@@ -24,7 +25,7 @@ PACKAGES = ("torch", "transformers", "peft", "deepspeed", "zarr", "dadapy", "pan
 CODE_DIR_ENV = "REPGEOM_CODE_DIR"
 
 
-class RecordError(ValueError):
+class RecordError(InputError):
     """A record that cannot be read or lacks what a record must hold; the message names the file."""
 
 

@@ -22,6 +22,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from repgeom.errors import InputError
+
 FORMAT_VERSION = 1
 REPS = "reps"
 META_COLUMNS = ("question_id", "subject", "gold")
@@ -38,7 +40,7 @@ CHUNK_TARGET_BYTES = 16 << 20
 CHUNK_MIN_BYTES = 8 << 20
 
 
-class StoreError(RuntimeError):
+class StoreError(InputError, RuntimeError):
     """The store is missing, partial, corrupt or does not match the run; the message says which and where."""
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from repgeom.errors import InputError
+
 # `build` (trained by the workflow) and `gguf` (dequantised by it) end up in the run's own models folder.
 MADE_BY_WORKFLOW = ("build", "gguf")
 SOURCES = (*MADE_BY_WORKFLOW, "path", "hub")
@@ -13,7 +15,7 @@ LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 WIDTH_KEYS = ("hidden_size", "n_embd", "d_model")
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(InputError):
     """A model folder's config.json is missing or lacks the depth or width; the message names the file."""
 
 
