@@ -32,7 +32,10 @@ from dadapy import Data  # noqa: E402
 from sklearn.metrics import adjusted_rand_score  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from repgeom.analysis import AnalysisParams, analyze_layer, data_overlap, knn  # noqa: E402
+from repgeom.analysis.geometry import data_overlap  # noqa: E402
+from repgeom.analysis.layer import analyze_layer  # noqa: E402
+from repgeom.analysis.neighbors import knn  # noqa: E402
+from repgeom.analysis.params import AnalysisParams  # noqa: E402
 
 # Stages of (b) that the reference path also has; local_id and probes are extra metrics.
 SHARED_STAGES = ("prepare", "knn", "id", "density_adp", "label_overlap", "overlap")

@@ -185,7 +185,9 @@ def test_real_layer_agrees_with_dadapy(default_run):
     """On a layer extracted by the default run, the project's path equals DADApy's own."""
     from sklearn.metrics import adjusted_rand_score
 
-    from repgeom.analysis import AnalysisParams, analyze_layer, deduplicate
+    from repgeom.analysis.layer import analyze_layer
+    from repgeom.analysis.neighbors import deduplicate
+    from repgeom.analysis.params import AnalysisParams
     from repgeom.analysis.geometry import dadapy_reference
     from repgeom.store import read_layer
 

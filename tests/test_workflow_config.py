@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from repgeom.config import config_errors
+from repgeom.workflow.config import config_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import repgeom.analysis
 
 RULES = Path(__file__).resolve().parents[1] / "workflow" / "rules"
 HEAVY = ["torch", "dadapy", "jax", "sklearn"]
@@ -16,13 +15,9 @@ HEAVY = ["torch", "dadapy", "jax", "sklearn"]
 def test_the_workflow_parse_imports_no_heavy_library():
     modules = sorted({m for smk in RULES.glob("*.smk")
                       for m in re.findall(r"^\s*from (repgeom[\w.]*) import", smk.read_text(), re.M)})
-    assert "repgeom.analysis.params" in modules
+    assert "repgeom.workflow.resources" in modules and "repgeom.models.gguf" in modules
     code = (f"import importlib, json, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
             f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
 
-
-def test_every_exported_analysis_name_resolves():
-    for name in repgeom.analysis.__all__:
-        assert getattr(repgeom.analysis, name).__name__ == name

@@ -9,7 +9,9 @@ import pytest
 from dadapy import Data
 
 import repgeom.store
-from repgeom.analysis import analyze_layer, data_overlap, deduplicate, knn
+from repgeom.analysis.geometry import data_overlap
+from repgeom.analysis.layer import analyze_layer
+from repgeom.analysis.neighbors import deduplicate, knn
 from repgeom.analysis.__main__ import OverlapSide, data_overlap_distinct, main, pair_overlap, parse_layers
 
 N_LAYERS = 3

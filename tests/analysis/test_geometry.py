@@ -6,7 +6,10 @@ import pandas as pd
 import pytest
 from dadapy import Data
 
-from repgeom.analysis import AnalysisParams, dadapy_reference, data_overlap, geometry, knn, label_overlap
+from repgeom.analysis import geometry
+from repgeom.analysis.geometry import dadapy_reference, data_overlap, label_overlap
+from repgeom.analysis.neighbors import knn
+from repgeom.analysis.params import AnalysisParams
 
 PARAMS = AnalysisParams(maxk=300)
 

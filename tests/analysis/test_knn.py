@@ -7,7 +7,7 @@ import torch
 from dadapy import Data
 from scipy.spatial.distance import cdist
 
-from repgeom.analysis import deduplicate, knn
+from repgeom.analysis.neighbors import deduplicate, knn
 from repgeom.analysis import neighbors
 
 original_brute_force_row = neighbors._brute_force_row

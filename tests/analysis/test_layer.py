@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 from dadapy import Data
 
-from repgeom.analysis import AnalysisInputError, AnalysisParams, analyze_layer, dadapy_reference
+from repgeom.analysis.geometry import dadapy_reference
+from repgeom.analysis.layer import AnalysisInputError, analyze_layer
+from repgeom.analysis.params import AnalysisParams
 from repgeom.analysis.layer import LOCAL_ID_STATS
 
 PARAMS = {"maxk": 300}

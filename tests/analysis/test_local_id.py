@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import skdim
 
-from repgeom.analysis import knn, local_twonn
+from repgeom.analysis.local_id import local_twonn
+from repgeom.analysis.neighbors import knn
 from repgeom.analysis import local_id
 
 

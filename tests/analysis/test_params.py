@@ -11,7 +11,7 @@ def test_layer_memory_bounds_a_real_analysis():
     n, d, params = 3000, 512, {"maxk": 200, "range_max": 64, "local_id_neighbors": 64, "probe_pca_dim": 32}
     script = f"""
 import numpy as np, pandas as pd
-from repgeom.analysis import analyze_layer
+from repgeom.analysis.layer import analyze_layer
 rng = np.random.default_rng(0)
 X = rng.normal(size=({n}, {d})).astype(np.float32)
 labels = pd.DataFrame({{"subject": rng.integers(0, 6, {n}).astype(str), "gold": rng.integers(0, 4, {n}).astype(str)}})

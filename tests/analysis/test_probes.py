@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from repgeom.analysis import linear_probe
+from repgeom.analysis.probes import linear_probe
 from repgeom.analysis.probes import reduce_for_probe
 
 

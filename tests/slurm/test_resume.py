@@ -1,4 +1,4 @@
-"""Stale locks after a killed run (repgeom.resume, called by workflow/rules/slurm.smk): removed only when the
+"""Stale locks after a killed run (repgeom.workflow.resume, called by workflow/rules/resume.smk): removed only when the
 process that held them is certainly gone, so that the same command resumes."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from repgeom.resume import is_gone, process_start, record_run, remove_stale_lock, this_process
+from repgeom.workflow.resume import is_gone, process_start, record_run, remove_stale_lock, this_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,7 +64,7 @@ def test_unrecorded_lock_is_kept(tmp_path):
 
 
 def test_record_lasts_as_long_as_the_process(tmp_path):
-    code = f"from repgeom.resume import record_run; import os; p = record_run({str(tmp_path)!r}); print(p); os.chdir('/')"
+    code = f"from repgeom.workflow.resume import record_run; import os; p = record_run({str(tmp_path)!r}); print(p); os.chdir('/')"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().endswith(".json")
     assert not Path(result.stdout.strip()).exists(), "removed at exit, even after a change of directory"

@@ -1,24 +1,27 @@
-import json
+# Input functions and the values rules are wired with; what they compute lives in src/repgeom/workflow/.
 import re
-
-from snakemake.exceptions import WorkflowError
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 
 from repgeom.conditions import CONDITION_PATTERN, finetuned_condition, parse_condition
-from repgeom.analysis.params import layer_memory_mb
-from repgeom.config import config_errors
-from repgeom.models.gguf import gguf_shape, resolve_gguf
-from repgeom.workflow.models import folder_shape, made_by_workflow, model_source
-from repgeom.finetune.params import FinetuneError, default_params, parse_params
+from repgeom.finetune.params import method_params
 from repgeom.finetune.plan import checkpoint_steps
+from repgeom.models.gguf import gguf_shape, resolve_gguf
 from repgeom.plots import FIGURE_NAMES
-from repgeom.provenance import config_subset
+from repgeom.workflow.config import config_errors, cross_section_errors
+from repgeom.workflow.jobs import as_json, job_meta
+from repgeom.workflow.models import folder_shape, made_by_workflow, model_source
+from repgeom.workflow.resources import JobResources
 
+# Checked once, every error named; `validate` then fills in the schema's defaults.
 _problems = config_errors(config, workflow.source_path("../../config/schema.yaml"))
 if _problems:
     raise WorkflowError("invalid config:\n  " + "\n  ".join(_problems))
 validate(config, "../../config/schema.yaml")
+_problems = cross_section_errors(config)
+if _problems:
+    raise WorkflowError("invalid config:\n  " + "\n  ".join(_problems))
 RESULTS = config["results_dir"]
 MODELS = list(config["models"])
 # Sorted, here and for the methods: the same settings in another key order are the same run.
@@ -33,45 +36,6 @@ wildcard_constraints:
     method="[a-z_]+",
     layers=r"\d+-\d+",
     shots=r"\d+",
-
-
-def _job_spec(kind, wildcards):
-    """The hardware map's entry for a job kind, overridden per model where the config says so."""
-    hardware = config["hardware"]
-    spec = hardware["jobs"].get(kind, hardware["jobs"]["default"])
-    return hardware["models"].get(getattr(wildcards, "model", None), {}).get(kind, spec)
-
-
-def _mapped(kind, key, wildcards):
-    """The hardware map's value; an analysis job asks at least what its layer needs (sized from N, D, maxk)."""
-    value = _job_spec(kind, wildcards)[key]
-    if kind == "analyze" and key == "mem_mb" and hasattr(wildcards, "model"):
-        value = max(value, analysis_memory_mb(wildcards.model))
-    return value
-
-
-def _grown(kind, key):
-    """Memory or runtime for an attempt: attempt n asks retry_growth**(n-1) times the mapped value."""
-    growth = config["hardware"]["retry_growth"]
-    return lambda wildcards, attempt: int(_mapped(kind, key, wildcards) * growth ** (attempt - 1))
-
-
-def job_resources(kind):
-    """Snakemake resources of a job kind, from the config's hardware map (never literals in rules)."""
-    return dict(
-        gpu=lambda wildcards: _job_spec(kind, wildcards)["gpus"],
-        cpus_per_task=lambda wildcards: _job_spec(kind, wildcards)["cpus"],
-        mem_mb=_grown(kind, "mem_mb"),
-        runtime=_grown(kind, "runtime"),
-    )
-
-
-def job_threads(kind):
-    return lambda wildcards: _job_spec(kind, wildcards)["cpus"]
-
-
-def as_json(value):
-    return json.dumps(value, sort_keys=True)
 
 
 def finetune_methods():
@@ -142,14 +106,6 @@ def model_input(wildcards):
     return [model_folder(wildcards.model)] if made_by_workflow(config["models"][wildcards.model]) else []
 
 
-for _name, _entry in config["models"].items():
-    if "build" in _entry and (config["dataset"].get("generate") or {}).get("kind") != "invented":
-        raise WorkflowError(
-            f"invalid config:\n  models.{_name}.build: a built model learns from the invented dataset's corpus, "
-            "but dataset.generate.kind is not `invented`; give the model as `gguf:`, `path:` or `hub:` instead"
-        )
-
-
 def gguf_source(model):
     """A GGUF model's source as the import job takes it, with the installed version of the package shipping it
     (a package that is not installed stops the workflow with the pip command that installs it)."""
@@ -185,16 +141,7 @@ def layer_blocks(model):
 
 
 def finetune_params(method):
-    """A method's hyperparameters: the reference values of the size class, overridden by the config."""
-    section = config["finetune"]
-    return {**default_params(section["size_class"], method), **section["methods"][method], "method": method}
-
-
-for _method in config.get("finetune", {}).get("methods", {}):
-    try:
-        parse_params(finetune_params(_method))
-    except FinetuneError as _err:
-        raise WorkflowError(f"invalid config:\n  finetune.methods.{_method}: {_err}")
+    return method_params(config["finetune"], method)
 
 
 def finetune_folder(model, method):
@@ -271,29 +218,12 @@ def extraction_parallel_option(wildcards, resources):
     return "--zero3 zero3"
 
 
-MMLU_SUBJECTS, MMLU_TEST_ROWS = 57, 14042
-
-
-def analysis_points(model):
-    """An upper bound on the points of one layer's analysis, from the config (the data is not read yet)."""
-    cap = config["sampling"]["max_per_subject"]
-    generate = config["dataset"].get("generate")
-    if generate:
-        prompts = len(generated_subjects()) * min(cap, generate["n_test"])
-    else:
-        prompts = min(MMLU_SUBJECTS * cap, MMLU_TEST_ROWS)
-    # The token sample's local ID is analysed in the same job.
-    return max(prompts, config["extraction"].get("token_sample", {}).get("size", 0))
-
-
-def hidden_size(model):
-    return model_shape(model)[1]
-
-
-def analysis_memory_mb(model):
-    """Memory of one analysis job: a layer at a time, sized from N, D and maxk (0 when D is not given)."""
-    dim = hidden_size(model)
-    return layer_memory_mb(analysis_points(model), dim, config["analysis"]["params"]) if dim else 0
+JOBS = JobResources(
+    config,
+    hidden_size=lambda model: model_shape(model)[1],
+    generated_subjects=len(generated_subjects()) if dataset_folder() else None,
+)
+job_resources, job_threads = JOBS.resources, JOBS.threads
 
 
 def token_sample_option(wildcards):
@@ -314,20 +244,13 @@ def provenance(rule_name, config_keys=(), seed_keys=(), params=None):
     wildcards filled in; `params(wildcards)` gives the resolved parameters where the config leaves defaults."""
 
     def meta(wildcards):
-        values = dict(wildcards.items())
-        model = values.get("model")
-        return as_json(
-            {
-                "rule": rule_name,
-                "wildcards": values,
-                "params": params(wildcards) if params else {},
-                "config_subset": config_subset(config, [key.format(**values) for key in config_keys]),
-                "seeds": config_subset(config, [key.format(**values) for key in seed_keys]),
-                "model": {"name": model, "spec": model_spec(model), "revision": config["models"][model].get("revision")}
-                if model
-                else None,
-                "dataset": {"name": config["dataset"]["name"], **dataset_spec()},
-            }
+        model = wildcards.get("model")
+        return job_meta(
+            config, rule_name, dict(wildcards.items()), config_keys, seed_keys,
+            params=params(wildcards) if params else None,
+            model={"name": model, "spec": model_spec(model), "revision": config["models"][model].get("revision")}
+            if model else None,
+            dataset={"name": config["dataset"]["name"], **dataset_spec()},
         )
 
     return meta

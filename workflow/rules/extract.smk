@@ -39,28 +39,3 @@ rule extract:
         " --store-dtype {params.store_dtype} --model-dtype {params.model_dtype}"
         " --max-batch-tokens {params.max_batch_tokens} --max-length {params.max_length} {params.chunk_rows}"
         " {params.token_sample} {params.parallel} --wait-for-lock > {log} 2>&1"
-
-
-rule accuracy_table:
-    input:
-        lambda wc: [
-            f"{RESULTS}/extract/{model}/{condition}.accuracy.parquet"
-            for model in MODELS
-            for condition in conditions(model)
-        ],
-    output:
-        f"{RESULTS}/tables/accuracy.csv",
-    params:
-        provenance=provenance("accuracy_table", []),
-    threads: job_threads("accuracy_table")
-    resources:
-        **job_resources("accuracy_table"),
-    log:
-        f"{RESULTS}/logs/accuracy_table.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/accuracy_table.tsv"
-    conda:
-        "../envs/analysis.yaml"
-    shell:
-        f"{TRACKED} -- "
-        "python -m repgeom.plots accuracy-table --out {output} {input} > {log} 2>&1"

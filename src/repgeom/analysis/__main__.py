@@ -15,21 +15,27 @@ import argparse
 import itertools
 import json
 import logging
+import os
 import sys
 
-import numpy as np
-import pandas as pd
-import torch
-from threadpoolctl import threadpool_limits
-from tqdm import tqdm
+# torch and sklearn each bring an OpenMP runtime; with the default active wait policy the idle threads of one
+# spin on the cores the other needs (the kNN ran 2x slower after a sklearn call). Set before torch is imported;
+# an explicit setting in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from repgeom.analysis.geometry import data_overlap
-from repgeom.analysis.neighbors import duplicate_rows, knn
-from repgeom.analysis.layer import AnalysisInputError, analyze_layer, token_local_id_rows, validate_representation
-from repgeom.analysis.params import AnalysisParams
-from repgeom.errors import entry_point
-from repgeom.io import write_parquet
-from repgeom.logs import configure_logging
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from repgeom.analysis.geometry import data_overlap  # noqa: E402
+from repgeom.analysis.neighbors import duplicate_rows, knn  # noqa: E402
+from repgeom.analysis.layer import AnalysisInputError, analyze_layer, token_local_id_rows, validate_representation  # noqa: E402
+from repgeom.analysis.params import AnalysisParams  # noqa: E402
+from repgeom.errors import entry_point  # noqa: E402
+from repgeom.io import write_parquet  # noqa: E402
+from repgeom.logs import configure_logging  # noqa: E402
 
 log = logging.getLogger("repgeom.analysis")
 

@@ -63,6 +63,12 @@ def default_params(size_class: str = "8b", method: str = "lora") -> dict:
     return params
 
 
+def method_params(section: dict, method: str) -> dict:
+    """A method's hyperparameters in the config's `finetune` section: the reference values of its size class,
+    overridden by the method's own keys."""
+    return {**default_params(section["size_class"], method), **section["methods"][method], "method": method}
+
+
 def parse_params(raw: dict | FinetuneParams) -> FinetuneParams:
     """Check a params object (missing keys take the 8B reference defaults); errors name the key."""
     if isinstance(raw, FinetuneParams):

@@ -2,7 +2,7 @@
 
 A Snakemake process killed hard (SIGKILL, a lost login session, the OOM killer) leaves its lock files in
 .snakemake/locks, and the same command then refuses to start until someone runs `snakemake --unlock`. The
-workflow (workflow/rules/slurm.smk) calls `remove_stale_lock` and then `record_run` when its main process
+workflow (workflow/rules/resume.smk) calls `remove_stale_lock` and then `record_run` when its main process
 starts: each main process records who it is (host, boot, pid, process start time) in .snakemake/repgeom-runs/
 for as long as it runs. Lock files are stale, and removed, only when at least one recorded process has died on
 this very machine and no other recorded process may still be running: a record from another host or boot, or

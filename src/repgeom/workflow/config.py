@@ -27,3 +27,22 @@ def config_errors(config: dict, schema_path: str | Path) -> list[str]:
         else:
             lines.append(f"{_key_path(error)}: {error.message}")
     return lines
+
+
+def cross_section_errors(config: dict) -> list[str]:
+    """What the schema cannot say: settings of one section that another section's settings rule out."""
+    from repgeom.finetune.params import FinetuneError, method_params, parse_params
+
+    lines = []
+    generated = (config["dataset"].get("generate") or {}).get("kind")
+    for name, entry in config["models"].items():
+        if "build" in entry and generated != "invented":
+            lines.append(f"models.{name}.build: a built model learns from the invented dataset's corpus, but "
+                         "dataset.generate.kind is not `invented`; give the model as `gguf:`, `path:` or `hub:` instead")
+    section = config.get("finetune") or {}
+    for method in sorted(section.get("methods", {})):
+        try:
+            parse_params(method_params(section, method))
+        except FinetuneError as err:
+            lines.append(f"finetune.methods.{method}: {err}")
+    return lines
