@@ -3,10 +3,15 @@ models by path exactly as the workflow does, with no download."""
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+# `import helpers` (tests/helpers.py) from any test file: under --import-mode=importlib pytest puts no test
+# folder on sys.path itself.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

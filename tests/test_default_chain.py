@@ -10,16 +10,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from helpers import run_snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = str(Path(sys.executable).parent)
 
 
 def snakemake(workdir, *args):
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory",
-                           str(workdir), "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args],
-                          capture_output=True, text=True, env=env, timeout=1500)
+    return run_snakemake("--configfile", workdir / "config.yaml", "--cores", "2", *args, workdir=workdir,
+                         timeout=1500)
 
 
 @pytest.fixture(scope="module")

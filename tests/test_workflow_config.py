@@ -1,21 +1,12 @@
 """The workflow parses, validates its config at start, and dry-runs offline on every shipped config."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from helpers import ROOT, run_snakemake
 
 from repgeom.workflow.config import config_errors
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-
 
 def dry_run(*args, cwd=ROOT):
-    return subprocess.run([*SNAKEMAKE, "-n", "--cores", "1", "--directory", str(cwd), "--snakefile",
-                           str(ROOT / "Snakefile"), *args], capture_output=True, text=True, env=OFFLINE, timeout=300)
+    return run_snakemake("-n", "--cores", "1", *args, workdir=cwd)
 
 
 @pytest.mark.parametrize("configfile", ["config/config.yaml", "config/tiny.yaml", "config/paper_llama3_8b.yaml", "config/paper_llama3_70b.yaml"])

@@ -46,28 +46,40 @@ def rank_info_from_env() -> RankInfo:
     return info
 
 
-def init_process_group(info: RankInfo, zero3: bool, device: torch.device) -> None:
-    """One process group per run of several ranks: gloo for data parallelism (barriers only), and the
-    accelerator's backend through DeepSpeed under ZeRO-3, whose forward passes gather parameters collectively."""
-    if dist.is_initialized() or (info.world_size == 1 and not zero3):
-        return
-    if info.world_size == 1:  # ZeRO-3 on one rank (offloading): a private rendezvous on this machine
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
-    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
-    if missing:
-        raise LaunchError(f"{info.world_size} ranks but {', '.join(missing)} not set: launch with torchrun, "
-                           "or export MASTER_ADDR (the first node) and MASTER_PORT under srun")
-    if zero3:
-        import deepspeed
+def init_process_group(info: RankInfo, zero3: bool, device: torch.device, *, deepspeed: bool | None = None,
+                       timeout: datetime.timedelta = BARRIER_TIMEOUT) -> None:
+    """One process group per process, for a run of several ranks: gloo for data parallelism (barriers only), and
+    the accelerator's backend (nccl on GPU, gloo on CPU) through DeepSpeed under ZeRO-3, whose forward passes gather
+    parameters collectively, or whenever `deepspeed` is true (fine-tuning's engine, even on one rank). A single
+    process that needs DeepSpeed gets a private rendezvous on this machine. The group lives as long as the process:
+    DeepSpeed caches groups built on it, so a second run in the same process reuses it rather than making a new one.
 
-        # DeepSpeed reads these from the environment (zero.Init places partitions on LOCAL_RANK's device).
-        for name, value in (("RANK", info.rank), ("WORLD_SIZE", info.world_size), ("LOCAL_RANK", info.local_rank)):
-            os.environ.setdefault(name, str(value))
-        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", auto_mpi_discovery=False,
-                                   timeout=BARRIER_TIMEOUT, rank=info.rank, world_size=info.world_size)
+    `deepspeed` defaults to `zero3`; `timeout` bounds every collective (the extraction's default, BARRIER_TIMEOUT,
+    covers a rank that waits at the final barrier for the slowest)."""
+    use_deepspeed = zero3 if deepspeed is None else deepspeed
+    if dist.is_initialized() or (info.world_size == 1 and not use_deepspeed):
+        return
+    init_method = None
+    if info.world_size == 1 and "MASTER_ADDR" not in os.environ:
+        init_method = f"tcp://127.0.0.1:{free_port()}"
     else:
-        dist.init_process_group("gloo", rank=info.rank, world_size=info.world_size, timeout=BARRIER_TIMEOUT)
+        missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+        if missing:
+            raise LaunchError(f"{info.world_size} ranks but {', '.join(missing)} not set: launch with torchrun, "
+                              "or export MASTER_ADDR (the first node) and MASTER_PORT under srun")
+    if not use_deepspeed:
+        dist.init_process_group("gloo", rank=info.rank, world_size=info.world_size, timeout=timeout)
+        return
+    import deepspeed as ds
+
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    # DeepSpeed reads these from the environment (a single process, or Slurm's names, has not set them;
+    # zero.Init places partitions on LOCAL_RANK's device).
+    for name, value in (("RANK", info.rank), ("WORLD_SIZE", info.world_size), ("LOCAL_RANK", info.local_rank)):
+        os.environ.setdefault(name, str(value))
+    ds.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", auto_mpi_discovery=False,
+                        timeout=timeout, init_method=init_method, rank=info.rank, world_size=info.world_size)
 
 
 def free_port() -> int:

@@ -2,6 +2,7 @@
 parameters never hold a path of the checkout (a moved checkout must not look like changed settings)."""
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 
@@ -17,6 +18,18 @@ def deepspeed_config_path(name_or_path: str) -> Path:
         raise ValueError(f"DeepSpeed config {name_or_path!r} is neither a shipped one ({', '.join(DEEPSPEED_CONFIGS)}) "
                          "nor an existing JSON file")
     return path
+
+
+def read_deepspeed_config(path: str | Path, error: type[Exception]) -> dict:
+    """The DeepSpeed config at `path` as a dict, or `error` naming the file if it is unreadable, not JSON, or not
+    a JSON object."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise error(f"cannot read DeepSpeed config {str(path)!r}: {err}") from err
+    if not isinstance(config, dict):
+        raise error(f"DeepSpeed config {str(path)!r} is not a JSON object")
+    return config
 
 
 def deepspeed_config_arg(value: str) -> Path:

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from repgeom.data import synthetic
-from repgeom.data.mmlu import CANONICAL_COLUMNS, LETTERS, SPLITS, DatasetError, load_local
+from repgeom.data.mmlu import CANONICAL_COLUMNS, SPLITS, DatasetError, load_local
+from repgeom.letters import ANSWER_LETTERS as LETTERS
 from repgeom.data.prompts import dev_shots, k_shot_prompt, question_block, subject_header
 from repgeom.data.variants import (AREAS, VARIANTS, check_subject_areas, load_subject_areas,
                                    sampled_shots_pool_ids, variant_prompts)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
 import yte
+from helpers import run_snakemake, snakemake_env
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER_8B, PAPER_70B = ROOT / "config/paper_llama3_8b.yaml", ROOT / "config/paper_llama3_70b.yaml"
@@ -19,11 +18,8 @@ PAPER_8B, PAPER_70B = ROOT / "config/paper_llama3_8b.yaml", ROOT / "config/paper
 
 def dry_run(tmp_path, configfile: Path | None, *extra: str, env: dict | None = None) -> list[dict]:
     args = ["--configfile", str(configfile)] if configfile else []
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    environment.update(PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(env or {}))
-    result = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory",
-                             str(tmp_path), "--dry-run", "--cores", "1", *args, *extra], capture_output=True,
-                            text=True, env=environment, timeout=300)
+    environment = snakemake_env({k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}, **(env or {}))
+    result = run_snakemake("--dry-run", "--cores", "1", *args, *extra, workdir=tmp_path, env=environment)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs, job = [], None
     for line in (result.stdout + result.stderr).splitlines():
@@ -176,19 +172,17 @@ rule gpu_job:
 @pytest.mark.slow
 def test_local_profile_never_runs_more_gpu_jobs_than_gpus(tmp_path):
     (tmp_path / "Snakefile").write_text(GPU_JOBS_SNAKEFILE)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "REPGEOM_GPUS": "1"}
-    result = subprocess.run([sys.executable, "-m", "snakemake", "--profile", str(ROOT / "profiles/local"),
-                             "--directory", str(tmp_path), "--cores", "3"], capture_output=True, text=True,
-                            env=env, timeout=300, cwd=tmp_path)
+    env = snakemake_env(REPGEOM_GPUS="1")
+    result = run_snakemake("--profile", ROOT / "profiles/local", "--cores", "3", workdir=tmp_path, snakefile=None,
+                           env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     spans = sorted(tuple(map(float, (tmp_path / f"done/{i}.txt").read_text().split())) for i in range(3))
     assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), spans
     env["REPGEOM_GPUS"] = "3"
     for i in range(3):
         (tmp_path / f"done/{i}.txt").unlink()
-    result = subprocess.run([sys.executable, "-m", "snakemake", "--profile", str(ROOT / "profiles/local"),
-                             "--directory", str(tmp_path), "--cores", "3"], capture_output=True, text=True,
-                            env=env, timeout=300, cwd=tmp_path)
+    result = run_snakemake("--profile", ROOT / "profiles/local", "--cores", "3", workdir=tmp_path, snakefile=None,
+                           env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     spans = sorted(tuple(map(float, (tmp_path / f"done/{i}.txt").read_text().split())) for i in range(3))
     assert spans[0][1] > spans[1][0], "with 3 GPUs they overlap"

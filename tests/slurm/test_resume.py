@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_snakemake
 
 from repgeom.workflow.resume import is_gone, process_start, record_run, remove_stale_lock, this_process
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def dead_process() -> dict:
@@ -76,10 +75,7 @@ def test_record_lasts_as_long_as_the_process(tmp_path):
 def test_workflow_removes_a_stale_lock_when_it_starts(tmp_path):
     """Through the workflow: the same command that Snakemake refused after a kill now starts."""
     stale_state(tmp_path / ".snakemake", dead_process())
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    result = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory",
-                             str(tmp_path), "--cores", "1", "--dry-run"], capture_output=True, text=True, env=env,
-                            timeout=300)
+    result = run_snakemake("--cores", "1", "--dry-run", workdir=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Removed a stale lock" in result.stdout + result.stderr
     assert not list((tmp_path / ".snakemake/locks").glob("*.lock"))

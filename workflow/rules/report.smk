@@ -1,4 +1,5 @@
 # Reporting: the accuracy table and the figures of each model (their captions: workflow/report/).
+from repgeom.plots import FIGURE_LABELS
 
 
 rule accuracy_table:
@@ -52,18 +53,6 @@ rule variant_figure:
         f"{TRACKED} -- "
         "python -m repgeom.plots variant-ari --metrics {input} --model {wildcards.model}"
         " --shots {wildcards.shots} --out {output} > {log} 2>&1"
-
-
-FIGURE_LABELS = {
-    "id_gride": "intrinsic dimension",
-    "n_clusters": "number of clusters",
-    "ari": "ARI (subjects, letters)",
-    "label_overlap": "label overlap",
-    "data_overlap": "data overlap ICL vs fine-tuning",
-    "probe": "linear probes",
-    "local_id_steps": "local ID and accuracy vs step",
-    "accuracy_table": "accuracy table",
-}
 
 
 rule model_figures:

@@ -28,7 +28,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from repgeom.data.mmlu import CSV_SPLIT_NAMES, LETTERS, DatasetError
+from repgeom.data.mmlu import CSV_SPLIT_NAMES, DatasetError
+from repgeom.letters import ANSWER_LETTERS
 from repgeom.errors import InputError
 
 # subject -> macro-area (STEM against non-STEM, as the prompt controls need). The order is the write order.
@@ -497,7 +498,7 @@ def to_row(rng: np.random.Generator, relation: Relation, item: Item) -> dict:
     wrong = [wrong[i] for i in rng.permutation(3)]
     gold = int(rng.integers(4))
     wrong.insert(gold, item.answer)
-    return {"question": question, **dict(zip(LETTERS, wrong)), "answer": LETTERS[gold]}
+    return {"question": question, **dict(zip(ANSWER_LETTERS, wrong)), "answer": ANSWER_LETTERS[gold]}
 
 
 def _check_sizes(n_dev: int, n_validation: int, n_test: int) -> dict[str, int]:
@@ -542,7 +543,7 @@ def generate(out_dir: str | Path, seed: int, n_dev: int, n_validation: int, n_te
     for split, folder in CSV_SPLIT_NAMES.items():
         (out / folder).mkdir(parents=True, exist_ok=True)
         for subject in SUBJECT_AREAS:
-            frame = pd.DataFrame(rows[split][subject], columns=["question", *LETTERS, "answer"])
+            frame = pd.DataFrame(rows[split][subject], columns=["question", *ANSWER_LETTERS, "answer"])
             frame.to_csv(out / folder / f"{subject}_{folder}.csv", header=False, index=False)
     (out / "subject_areas.json").write_text(json.dumps(SUBJECT_AREAS, indent=2) + "\n")
     return {"subjects": len(SUBJECT_AREAS), **{f"n_{k}": v * len(SUBJECT_AREAS) for k, v in sizes.items()},

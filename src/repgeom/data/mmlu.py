@@ -16,10 +16,10 @@ from pathlib import Path
 import pandas as pd
 
 from repgeom.errors import InputError
+from repgeom.letters import ANSWER_LETTERS
 
 SPLITS = ("dev", "validation", "test")
-LETTERS = ("A", "B", "C", "D")
-CANONICAL_COLUMNS = ["question_id", "split", "subject", "question", *LETTERS, "answer"]
+CANONICAL_COLUMNS = ["question_id", "split", "subject", "question", *ANSWER_LETTERS, "answer"]
 HUB_COLUMNS = ("question", "subject", "choices", "answer")
 # The original release names the validation folder and files "val".
 CSV_SPLIT_NAMES = {"dev": "dev", "validation": "val", "test": "test"}
@@ -33,13 +33,13 @@ def _as_letter(value) -> str | None:
     """A-D or 0-3 (int or digit string) as a letter; None for anything else."""
     if isinstance(value, str):
         text = value.strip()
-        if text in LETTERS:
+        if text in ANSWER_LETTERS:
             return text
         if text.isdigit() and int(text) in range(4):
-            return LETTERS[int(text)]
+            return ANSWER_LETTERS[int(text)]
     elif isinstance(value, (int,)) or (hasattr(value, "dtype") and getattr(value, "dtype").kind in "iu"):
         if 0 <= int(value) <= 3:
-            return LETTERS[int(value)]
+            return ANSWER_LETTERS[int(value)]
     return None
 
 
@@ -84,7 +84,7 @@ def _finish(frames: list[pd.DataFrame]) -> pd.DataFrame:
     table = pd.concat(frames, ignore_index=True)
     table["row"] = table.groupby(["split", "subject"], sort=False).cumcount()
     table["question_id"] = [f"{s}/{subj}/{r:05d}" for s, subj, r in zip(table["split"], table["subject"], table["row"])]
-    for col in ["question", *LETTERS]:
+    for col in ["question", *ANSWER_LETTERS]:
         table[col] = table[col].astype(str).str.strip()
     table["split"] = pd.Categorical(table["split"], categories=SPLITS, ordered=True)
     table = table.sort_values(["split", "subject", "row"], kind="stable")
@@ -111,8 +111,8 @@ def _from_hub_columns(frame: pd.DataFrame, split: str, source: str, where_row=No
         if len(choices) != 4:
             raise DatasetError(f"{where}: expected 4 choices, found {len(choices)}")
         rows.append({"split": split, "subject": record.subject, "question": record.question,
-                     **dict(zip(LETTERS, choices)), "answer": _answer_letter(record.answer, where)})
-    return pd.DataFrame(rows, columns=["split", "subject", "question", *LETTERS, "answer"])
+                     **dict(zip(ANSWER_LETTERS, choices)), "answer": _answer_letter(record.answer, where)})
+    return pd.DataFrame(rows, columns=["split", "subject", "question", *ANSWER_LETTERS, "answer"])
 
 
 def load_hub(dataset_id: str, revision: str | None = None) -> pd.DataFrame:
@@ -153,7 +153,7 @@ def _read_csv_release(root: Path) -> pd.DataFrame:
                 raise DatasetError(f"{path}: not a 6-column CSV ({' '.join(str(err).split())})") from None
             if raw.shape[1] != 6:
                 raise DatasetError(f"{path}: expected 6 columns (question, A, B, C, D, answer), found {raw.shape[1]}")
-            raw.columns = ["question", *LETTERS, "answer"]
+            raw.columns = ["question", *ANSWER_LETTERS, "answer"]
             # The release's CSVs have no header: data row i (0-based) starts on line i + 1, or later when a
             # quoted field above it spans lines.
             letters = [_as_letter(v) for v in raw["answer"]]

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from repgeom.data.mmlu import LETTERS, DatasetError
+from repgeom.data.mmlu import DatasetError
+from repgeom.letters import ANSWER_LETTERS
 from repgeom.errors import InputError
 
 
@@ -13,7 +14,7 @@ def subject_header(subject: str) -> str:
 
 def question_block(row) -> str:
     """`{question}\\nA. …\\nD. …\\nAnswer:`, from a canonical-table row (fields already stripped)."""
-    choices = "".join(f"{letter}. {row[letter]}\n" for letter in LETTERS)
+    choices = "".join(f"{letter}. {row[letter]}\n" for letter in ANSWER_LETTERS)
     return f"{row['question']}\n{choices}Answer:"
 
 

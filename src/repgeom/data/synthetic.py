@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from repgeom.data.mmlu import CSV_SPLIT_NAMES, LETTERS
+from repgeom.data.mmlu import CSV_SPLIT_NAMES
+from repgeom.letters import ANSWER_LETTERS
 from repgeom.data.prompts import k_shot_prompt
 
 SYLLABLES = ["ba", "ro", "ki", "mu", "zen", "tal", "vor", "pi", "lu", "dra", "mon", "sel", "fi", "gor",
@@ -115,7 +116,7 @@ def to_row(rng: np.random.Generator, q: Question) -> dict:
     gold = int(rng.integers(4))
     choices = list(q.distractors)
     choices.insert(gold, q.correct)
-    return {"question": q.question, **dict(zip(LETTERS, choices)), "answer": LETTERS[gold]}
+    return {"question": q.question, **dict(zip(ANSWER_LETTERS, choices)), "answer": ANSWER_LETTERS[gold]}
 
 
 def pretraining_corpus(rng: np.random.Generator, kb: dict, n_mc_examples: int) -> list[str]:

@@ -48,7 +48,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from repgeom.data.mmlu import LETTERS, DatasetError
+from repgeom.data.mmlu import DatasetError
+from repgeom.letters import ANSWER_LETTERS
 from repgeom.data.prompts import dev_shots, question_block, shot_text, subject_header
 from repgeom.errors import InputError
 
@@ -171,7 +172,7 @@ def shuffled(query, source: ShotSource) -> str:
 
 
 def wrong_letter(rng: np.random.Generator, gold: str) -> str:
-    wrong = [letter for letter in LETTERS if letter != gold]
+    wrong = [letter for letter in ANSWER_LETTERS if letter != gold]
     return wrong[int(rng.integers(len(wrong)))]
 
 
@@ -229,8 +230,8 @@ def gibberish_like(text: str, rng: np.random.Generator) -> str:
 def gibberish(query, source: ShotSource) -> str:
     rng = source.rng(query["question_id"])
     header = gibberish_like(subject_header(query["subject"]), rng)
-    shots = [dict(s, **{field: gibberish_like(s[field], rng) for field in ("question", *LETTERS)},
-                  answer=LETTERS[int(rng.integers(len(LETTERS)))])
+    shots = [dict(s, **{field: gibberish_like(s[field], rng) for field in ("question", *ANSWER_LETTERS)},
+                  answer=ANSWER_LETTERS[int(rng.integers(len(ANSWER_LETTERS)))])
              for s in source.first_shots[query["subject"]]]
     return header + "".join(shot_text(s) for s in shots)
 

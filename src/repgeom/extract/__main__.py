@@ -12,7 +12,7 @@ from repgeom.errors import entry_point
 from repgeom.extract.hooks import HOOKS
 from repgeom.extract.run import ExtractionJob, ExtractionSettings
 from repgeom.shipped import deepspeed_config_arg
-from repgeom.store.layout import STORE_DTYPES
+from repgeom.store.layout import STORE_DTYPES, STORE_NAME
 
 
 def layer_list(text: str) -> list[int]:
@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="hub id or local save_pretrained folder")
     parser.add_argument("--revision", help="hub revision of --model")
     parser.add_argument("--prompts", required=True, help="prompts parquet written by the data stage")
-    parser.add_argument("--store", required=True, help="zarr store (one per run), e.g. results/activations.zarr")
+    parser.add_argument("--store", required=True, help=f"zarr store (one per run), e.g. results/{STORE_NAME}")
     parser.add_argument("--group", required=True, help="MODEL/CONDITION group inside the store")
     parser.add_argument("--accuracy-out", required=True, help="per-prompt accuracy parquet, written last")
     parser.add_argument("--adapter", help="peft adapter folder (LoRA, prompt tuning, prefix tuning)")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-LETTERS = ("A", "B", "C", "D")
+from repgeom.io import atomic_path
+from repgeom.letters import ANSWER_LETTERS
+
 SUMMARY_KEY = b"repgeom.accuracy"
 
 
@@ -21,10 +22,10 @@ def accuracy_frame(meta: pd.DataFrame, letter_logprob: np.ndarray, argmax_token:
     gold_ids = meta["gold"].map(letter_ids).to_numpy()
     frame = meta[["question_id", "subject", "gold"]].reset_index(drop=True).copy()
     frame["pred_argmax"] = [tokenizer.decode([int(token)]) for token in argmax_token]
-    frame["pred_letter"] = np.array(LETTERS)[letter_logprob.argmax(axis=1)]
+    frame["pred_letter"] = np.array(ANSWER_LETTERS)[letter_logprob.argmax(axis=1)]
     frame["correct"] = frame["pred_letter"] == frame["gold"]
     frame["correct_argmax"] = argmax_token == gold_ids
-    for i, letter in enumerate(LETTERS):
+    for i, letter in enumerate(ANSWER_LETTERS):
         frame[f"logprob_{letter}"] = letter_logprob[:, i].astype(np.float64)
     return frame
 
@@ -43,15 +44,13 @@ def accuracy_summary(frame: pd.DataFrame) -> dict:
 
 
 def write_accuracy(frame: pd.DataFrame, path: str | Path, extra: dict | None = None) -> dict:
-    """Write the table atomically (temporary file + rename), its summary in the parquet metadata; return it."""
+    """Write the table atomically (`repgeom.io.atomic_path`), its summary in the parquet metadata; return it."""
     path = Path(path)
     summary = accuracy_summary(frame)
     table = pa.Table.from_pandas(frame, preserve_index=False)
     metadata = {**(table.schema.metadata or {}), SUMMARY_KEY: json.dumps({**summary, **(extra or {})}).encode()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table.replace_schema_metadata(metadata), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table.replace_schema_metadata(metadata), tmp)
     return summary
 
 

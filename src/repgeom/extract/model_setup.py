@@ -13,6 +13,7 @@ from torch import nn
 from repgeom.distributed import RankInfo
 from repgeom.errors import InputError
 from repgeom.models.loading import ModelLoadError, load_model, model_fingerprint
+from repgeom.shipped import read_deepspeed_config
 
 
 @dataclass
@@ -123,14 +124,11 @@ def max_prompt_length(requested: int | None, model_config, adapter_config) -> in
     return limit - virtual
 
 
-def read_zero3_config(path: str, dtype: torch.dtype) -> dict:
-    try:
-        config = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(f"cannot read DeepSpeed config {path!r}: {err}") from err
+def read_zero3_config(path: str | Path, dtype: torch.dtype) -> dict:
+    config = read_deepspeed_config(path, InputError)
     stage = config.get("zero_optimization", {}).get("stage")
     if stage != 3:
-        raise InputError(f"DeepSpeed config {path!r} has zero_optimization.stage {stage!r}; --zero3 needs stage 3")
+        raise InputError(f"DeepSpeed config {str(path)!r} has zero_optimization.stage {stage!r}; --zero3 needs stage 3")
     config.setdefault("train_micro_batch_size_per_gpu", 1)  # required by DeepSpeed, unused for inference
     config.setdefault("bf16", {"enabled": dtype == torch.bfloat16})
     config.setdefault("fp16", {"enabled": dtype == torch.float16})

@@ -35,6 +35,7 @@ from repgeom.extract.model_setup import (ExtractionModel, adapter_fingerprint, c
                                          legacy_adapter_fingerprint, load_extraction_model, load_model_config,
                                          max_prompt_length, read_adapter_config, read_zero3_config)
 from repgeom.extract.writer import AsyncChunkWriter, FilledChunk, HostBuffer, to_storage
+from repgeom.letters import ANSWER_LETTERS
 from repgeom.locks import rank_locks
 from repgeom.models.loading import answer_letter_token_ids, load_tokenizer, model_fingerprint, parse_dtype
 from repgeom.store.layout import (ARGMAX_TOKEN, LETTER_LOGPROB, STORE_DTYPES, chunk_rows, prompt_set_hash,
@@ -91,10 +92,10 @@ def read_prompts(path: str | Path) -> pd.DataFrame:
     if len(duplicated):
         raise PromptSetError(f"prompts file {str(path)!r}: question_id {duplicated.iloc[0]!r} appears more than once "
                              f"(row {duplicated.index[0]})")
-    bad_gold = frame.index[~frame["gold"].isin(list("ABCD"))]
+    bad_gold = frame.index[~frame["gold"].isin(ANSWER_LETTERS)]
     if len(bad_gold):
         raise PromptSetError(f"prompts file {str(path)!r}, row {bad_gold[0]}: gold {frame['gold'][bad_gold[0]]!r} "
-                             "is not one of A, B, C, D")
+                             f"is not one of {', '.join(ANSWER_LETTERS)}")
     return frame.reset_index(drop=True)
 
 
@@ -396,5 +397,5 @@ class ExtractionJob:
                          attrs={"letter_token_ids": letter_ids, "model_class": type(base).__name__})
         group_writer = open_group_for_writing(self.store_path, self.group, spec)
         extract_rank_share(loaded, points, token_lists, group_writer, settings, tokenizer.pad_token_id,
-                           [letter_ids[k] for k in "ABCD"], info, lockstep=zero3 is not None, label=self.group)
+                           [letter_ids[k] for k in ANSWER_LETTERS], info, lockstep=zero3 is not None, label=self.group)
         return group_writer if info.is_main else None

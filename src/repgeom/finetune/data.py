@@ -12,6 +12,7 @@ import torch
 
 from repgeom.io import read_parquet_table
 from repgeom.finetune.params import FinetuneError
+from repgeom.letters import ANSWER_LETTERS
 from repgeom.models.loading import ANSWER_CUE, answer_letter_token_ids
 
 IGNORE_INDEX = -100  # the label value torch's cross-entropy skips
@@ -35,8 +36,8 @@ def read_finetune_set(path: str | Path) -> pd.DataFrame:
         raise FinetuneError(f"fine-tuning set {str(path)!r} has no rows: there is nothing to train on")
     for row, item in enumerate(frame.itertuples(index=False)):
         where = f"fine-tuning set {str(path)!r}, row {row} (question_id {item.question_id!r})"
-        if item.gold not in ("A", "B", "C", "D"):
-            raise FinetuneError(f"{where}: gold {item.gold!r} is not one of A, B, C, D")
+        if item.gold not in ANSWER_LETTERS:
+            raise FinetuneError(f"{where}: gold {item.gold!r} is not one of {', '.join(ANSWER_LETTERS)}")
         if not item.prompt.endswith(ANSWER_CUE):
             raise FinetuneError(f"{where}: prompt does not end in {ANSWER_CUE!r} (no trailing space)")
         if item.text != f"{item.prompt} {item.gold}":

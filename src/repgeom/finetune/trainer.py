@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from repgeom.distributed import RankInfo, free_port, rank_info_from_env
+from repgeom.distributed import RankInfo, init_process_group, rank_info_from_env
 from repgeom.finetune.data import collate, encode_finetune_set, letter_losses
 from repgeom.finetune.methods import prefix_subspace, save_adapter, trainable_model, virtual_tokens_in_sequence
 from repgeom.finetune.params import PROMPT_LEARNING_METHODS, FinetuneError, FinetuneParams
@@ -40,6 +40,7 @@ from repgeom.finetune.plan import (accumulation_steps, checkpoint_steps, learnin
 from repgeom.io import atomic_path, write_json
 from repgeom.locks import LockedError, rank_locks
 from repgeom.models.loading import load_model, load_tokenizer, parse_dtype
+from repgeom.shipped import read_deepspeed_config
 
 log = logging.getLogger("repgeom.finetune")
 
@@ -61,12 +62,7 @@ def _find_auto(value, path: str = "") -> list[str]:
 
 def deepspeed_config(path: str | Path, params: FinetuneParams, world_size: int, dtype: torch.dtype) -> dict:
     """The JSON file with the batch sizes and precision filled in for this launch; no `auto` is left."""
-    try:
-        config = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise FinetuneError(f"cannot read DeepSpeed config {str(path)!r}: {err}") from err
-    if not isinstance(config, dict):
-        raise FinetuneError(f"DeepSpeed config {str(path)!r} is not a JSON object")
+    config = read_deepspeed_config(path, FinetuneError)
     for section in ("optimizer", "scheduler"):
         if section in config:
             raise FinetuneError(f"DeepSpeed config {str(path)!r} has an {section!r} section: the optimizer (AdamW) "
@@ -187,7 +183,9 @@ class FinetuneJob:
         log.info("rank %d/%d: %d rows, %d steps of %d rows (%d per micro-batch x %d accumulation x %d ranks), %s on %s",
                  info.rank, info.world_size, len(encoded), n_steps, params.effective_batch, params.micro_batch,
                  ds_config["gradient_accumulation_steps"], info.world_size, dtype, device)
-        init_distributed(info, device)
+        # DeepSpeed's group even on one rank (its engine needs one), with the fine-tuning's own timeout.
+        init_process_group(info, zero3=ds_config.get("zero_optimization", {}).get("stage") == 3, device=device,
+                           deepspeed=True, timeout=PROCESS_GROUP_TIMEOUT)
         if info.is_main and not config_file.is_file():
             write_json(run_config, config_file)
         dist.barrier()
@@ -360,29 +358,3 @@ class FinetuneJob:
             writer.writerow(record)
         log.info("step %d: loss %.4f, lr %.3g, %.2f s", record["step"], record["loss"], record["lr"],
                  record["step_time_s"])
-
-
-def init_distributed(info: RankInfo, device: torch.device) -> None:
-    """DeepSpeed's process group (nccl on GPU, gloo on CPU); a single process gets a private one on this machine.
-    It lives as long as the process: DeepSpeed caches groups built on it, so a second run in the same process
-    reuses it rather than making a new one."""
-    import deepspeed
-
-    if dist.is_initialized():
-        return
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    # DeepSpeed reads these from the environment (a single process, or Slurm's names, has not set them).
-    for name, value in (("RANK", info.rank), ("WORLD_SIZE", info.world_size), ("LOCAL_RANK", info.local_rank)):
-        os.environ.setdefault(name, str(value))
-    init_method = None
-    if info.world_size == 1 and "MASTER_ADDR" not in os.environ:
-        init_method = f"tcp://127.0.0.1:{free_port()}"
-    else:
-        missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
-        if missing:
-            raise FinetuneError(f"{info.world_size} ranks but {', '.join(missing)} not set: launch with torchrun, or "
-                                "export MASTER_ADDR (the first node) and MASTER_PORT under srun")
-    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", auto_mpi_discovery=False,
-                               timeout=PROCESS_GROUP_TIMEOUT, init_method=init_method, rank=info.rank,
-                               world_size=info.world_size)

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from repgeom.errors import InputError
+from repgeom.letters import ANSWER_LETTERS
 
-ANSWER_LETTERS = ("A", "B", "C", "D")
 ANSWER_CUE = "Answer:"
 
 

@@ -1,13 +1,12 @@
-"""Tables and figures of the report. `FIGURE_NAMES`: the files `python -m repgeom.plots figures` writes per model
-(`{name}.png`, and `{name}.pdf` with --pdf), importable without matplotlib for the workflow's output lists."""
+"""Figures of the report. The figure set (`FIGURE_NAMES`: the files `python -m repgeom.plots figures` writes per
+model, `{name}.png`, and `{name}.pdf` with --pdf; `FIGURE_LABELS`: their labels in the report) comes from
+`repgeom.plots.registry`, importable without matplotlib for the workflow's output lists.
 
-FIGURE_NAMES = (
-    "id_gride",
-    "n_clusters",
-    "ari",
-    "label_overlap",
-    "data_overlap",
-    "probe",
-    "local_id_steps",
-    "accuracy_table",
-)
+Modules: `registry` (the figure set), `model_figures` (one model's figure set from the merged tables),
+`accuracy_figure` (the accuracy table drawn as a figure), `selection` (which conditions a figure shows, in which
+colour), `inputs` (reading and checking the figure command's inputs), `figures` (the prompt-control figure).
+The tables themselves (accuracy CSV, merged metric tables) are `repgeom.tables`."""
+
+from repgeom.plots.registry import FIGURE_LABELS, FIGURE_NAMES, FIGURE_TITLES, FIGURES, NoData
+
+__all__ = ["FIGURES", "FIGURE_LABELS", "FIGURE_NAMES", "FIGURE_TITLES", "NoData"]

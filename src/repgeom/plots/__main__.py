@@ -1,12 +1,15 @@
 """Report stage entry point: `python -m repgeom.plots {accuracy-table,concat,variant-ari,figures} …`.
 
+`accuracy-table` and `concat` write the report's tables (`repgeom.tables`); `variant-ari` and `figures` draw.
+
 `figures` writes one model's figure set into --out-dir, always the same files (`FIGURE_NAMES`):
 
     id_gride.png  n_clusters.png  ari.png  label_overlap.png  data_overlap.png  probe.png
     local_id_steps.png  accuracy_table.png            (and each as .pdf with --pdf)
 
 A figure with no data (e.g. `local_id_steps` and `data_overlap` in a run without fine-tuning) is still written,
-saying "Nothing to show" and why. See `repgeom.plots.geometry` for what each figure holds.
+saying "Nothing to show" and why. See `repgeom.plots.model_figures` for what each figure holds
+(and `repgeom.plots.registry` for the set).
 
     python -m repgeom.plots figures --metrics results/metrics/all.parquet \
         --overlap results/metrics/overlap.parquet --accuracy results/tables/accuracy.csv \
@@ -23,12 +26,9 @@ import argparse
 import logging
 import sys
 
-import pandas as pd
-
 from repgeom.errors import InputError, entry_point
-from repgeom.io import atomic_path, read_parquet_table, write_parquet
+from repgeom.io import atomic_path, read_parquet_table
 from repgeom.plots import FIGURE_NAMES
-from repgeom.plots.tables import accuracy_table
 
 __all__ = ["FIGURE_NAMES", "main"]
 
@@ -36,15 +36,16 @@ log = logging.getLogger("repgeom.plots")
 
 
 def cmd_accuracy_table(args) -> None:
-    table = accuracy_table(args.inputs)
-    with atomic_path(args.out) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.4f")
+    from repgeom.tables import write_accuracy_table
+
+    table = write_accuracy_table(args.inputs, args.out)
     log.info("accuracy per condition:\n%s", table.to_string(index=False))
 
 
 def cmd_concat(args) -> None:
-    table = pd.concat([read_parquet_table(path, "table", InputError) for path in args.inputs], ignore_index=True)
-    write_parquet(table, args.out)
+    from repgeom.tables import write_concat
+
+    table = write_concat(args.inputs, args.out)
     log.info("%d rows from %d tables", len(table), len(args.inputs))
 
 
@@ -58,7 +59,7 @@ def cmd_variant_ari(args) -> None:
 
 
 def cmd_figures(args) -> None:
-    from repgeom.plots.geometry import model_figures, write_figures
+    from repgeom.plots.model_figures import model_figures, write_figures
     from repgeom.plots.inputs import (
         ACCURACY_COLUMNS,
         METRIC_COLUMNS,

@@ -11,10 +11,10 @@ import pandas as pd
 from repgeom.analysis.params import AnalysisParams
 from repgeom.conditions import finetuned_condition, parse_condition
 from repgeom.errors import InputError  # a figure input is missing, unreadable or lacks what the figures need
+from repgeom.tables import ACCURACY_COLUMNS
 
 METRIC_COLUMNS = ("model", "condition", "layer", "metric", "scale", "value", "error")
 OVERLAP_COLUMNS = ("model", "condition_a", "condition_b", "layer_a", "layer_b", "metric", "k", "value")
-ACCURACY_COLUMNS = ("model", "condition", "n", "micro", "macro", "micro_argmax", "macro_argmax")
 
 
 def read_table(path: str | Path, columns: Sequence[str], what: str) -> pd.DataFrame:

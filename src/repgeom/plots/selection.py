@@ -1,6 +1,6 @@
 """Which conditions a figure shows, in which order and colour.
 
-Conventions shared by every per-model figure (`repgeom.plots.geometry`):
+Conventions shared by every per-model figure (`repgeom.plots.model_figures`):
 
 - base k-shot conditions (`{k}shot`) are blue, lighter to darker as k grows, solid lines, round markers;
 - fine-tuned checkpoints (`ft-{method}-…`) take one colour family per method (orange for the first method in

@@ -26,7 +26,7 @@ from pathlib import Path
 from repgeom.errors import InputError
 from repgeom.provenance.hashing import ZARR_META, RECORD_SUFFIX, canonical_json, hash_path, is_skipped
 from repgeom.provenance.records import (ABSENT, RECORD_ATTR, RecordError, config_sha256, json_value, lookup,
-                                        own_output, read_record, record_path)
+                                        own_output, read_record, record_path, relative)
 
 CATEGORIES = ("TAMPERED", "STALE", "MISSING", "MIXED_CODE")
 FINAL_DIRS = ("tables", "figures")
@@ -46,13 +46,6 @@ class Finding:
 
     def line(self) -> str:
         return f"{self.category} {self.artifact}: {self.reason}"
-
-
-def display(path: str | Path) -> str:
-    """A path as the user reads it: relative to the working directory when inside it."""
-    full = os.path.abspath(path)
-    rel = os.path.relpath(full, os.getcwd())
-    return full if rel == ".." or rel.startswith(".." + os.sep) else Path(rel).as_posix()
 
 
 def short(sha: str | None) -> str:
@@ -135,7 +128,7 @@ class Lineage:
                 self.records[artifact] = read_record(artifact)
             except RecordError as err:
                 where = str(record_path(artifact))
-                self.records[artifact] = RecordError(str(err).replace(where, display(where)))
+                self.records[artifact] = RecordError(str(err).replace(where, relative(where)))
         return self.records[artifact]
 
     def current(self, artifact: str) -> tuple[str, str] | OSError:
@@ -204,7 +197,7 @@ class Audit:
         self.code_versions: dict[str, tuple] = {}
 
     def add(self, category: str, artifact: str, reason: str) -> None:
-        self.findings.add(Finding(CATEGORIES.index(category), display(artifact), reason))
+        self.findings.add(Finding(CATEGORIES.index(category), relative(artifact), reason))
 
     def inside_results(self, path: str) -> bool:
         return path == self.results_dir or path.startswith(self.results_dir + os.sep)
@@ -220,7 +213,7 @@ class Audit:
         for root in roots:
             self.visit(root, consumer=None)
         for path, consumers in self.gone_inputs.items():
-            names = sorted(display(c) for c in consumers)
+            names = sorted(relative(c) for c in consumers)
             listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
             self.add("MISSING", path, f"input of {listed} no longer exists")
         self.check_code_versions()
@@ -240,7 +233,7 @@ class Audit:
             return
         if record is None:
             if self.inside_results(artifact):
-                self.add("MISSING", artifact, "no provenance record" + (f" (input of {display(consumer)})"
+                self.add("MISSING", artifact, "no provenance record" + (f" (input of {relative(consumer)})"
                                                                          if consumer else ""))
             return
         current = self.lineage.current(artifact)
@@ -263,12 +256,12 @@ class Audit:
         used = entry["sha256"]
         record = self.lineage.record(path)
         if isinstance(record, dict) and own_output(record)["sha256"] != used:
-            self.add("STALE", consumer, f"input {display(path)} was re-made after it was used "
+            self.add("STALE", consumer, f"input {relative(path)} was re-made after it was used "
                                         f"(used {short(used)}, its record now {short(own_output(record)['sha256'])})")
             return
         current = self.lineage.current(path)
         if not isinstance(current, OSError) and current[1] != used:
-            self.add("STALE", consumer, f"input {display(path)} changed since it was used "
+            self.add("STALE", consumer, f"input {relative(path)} changed since it was used "
                                         f"(used {short(used)}, now {short(current[1])})")
 
     def check_record(self, artifact: str, record: dict) -> None:
@@ -337,7 +330,7 @@ def trace(artifact: str, out=None) -> int:
 
     def node(path: str, depth: int) -> None:
         pad = "  " * depth
-        name = display(path)
+        name = relative(path)
         record = lineage.record(path)
         if isinstance(record, RecordError):
             print(f"{pad}{name}  [unusable record: {record}]", file=out)
@@ -363,7 +356,7 @@ def trace(artifact: str, out=None) -> int:
     record = lineage.record(path)
     if not isinstance(record, dict):
         reason = record if isinstance(record, RecordError) else "it has no provenance record"
-        print(f"repgeom audit --trace: {display(path)}: {reason}", file=sys.stderr)
+        print(f"repgeom audit --trace: {relative(path)}: {reason}", file=sys.stderr)
         return 1
     node(path, 0)
     return 0

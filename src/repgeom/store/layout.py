@@ -24,6 +24,8 @@ import pandas as pd
 
 from repgeom.errors import InputError
 
+# The one store of a run, under the results folder: results/activations.zarr.
+STORE_NAME = "activations.zarr"
 FORMAT_VERSION = 1
 REPS = "reps"
 META_COLUMNS = ("question_id", "subject", "gold")

@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from repgeom.letters import ANSWER_LETTERS
 from repgeom.store.layout import (CHUNK_DONE, FORMAT_VERSION, LETTER_LOGPROB, META_COLUMNS, REPS, TOKEN_SAMPLE,
                                   StoreError, decode)
 
-LETTERS = np.array(["A", "B", "C", "D"])
 ZARR_JSON = "zarr.json"  # a zarr v3 node's metadata: the store root has one
 
 
@@ -94,7 +94,7 @@ def prompt_frame(node: zarr.Group) -> pd.DataFrame:
     """question_id, subject, gold, and the constrained prediction `pred` (A-D) with its correctness."""
     frame = pd.DataFrame({name: read_array(require_array(node, name)).astype(str) for name in META_COLUMNS})
     logprob = read_array(require_array(node, LETTER_LOGPROB))
-    frame["pred"] = LETTERS[logprob.argmax(axis=1)]
+    frame["pred"] = np.array(ANSWER_LETTERS)[logprob.argmax(axis=1)]
     frame["correct"] = frame["pred"] == frame["gold"]
     return frame
 

@@ -14,15 +14,17 @@ always exists (the workflow declares them all as outputs); `write_figures` write
 | `data_overlap` | `plot_data_overlap` | χ_k between each k-shot condition and each method's last checkpoint (top); between 0-shot and each shown checkpoint (bottom); against layer |
 | `probe` | `plot_probe` | linear-probe accuracy for subject (left) and letter (right) against layer, majority baseline dotted |
 | `local_id_steps` | `plot_local_id_steps` | mean local ID against optimizer step, one line per layer (last-token rows; the token sample too where extracted), next to accuracy against step; one row per method |
-| `accuracy_table` | `repgeom.plots.tables.plot_accuracy_table` | accuracy of every condition, as a table |
+| `accuracy_table` | `repgeom.plots.accuracy_figure.plot_accuracy_table` | accuracy of every condition, as a table |
 
-Which conditions the layer-wise figures show and how they are coloured: `repgeom.plots.selection`.
+The figure set, its order, labels and titles, and which function draws each (the `draw_*` functions here, called
+with a `FigureInputs`): `repgeom.plots.registry`. Which conditions the layer-wise figures show and how they are
+coloured: `repgeom.plots.selection`.
 """
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -36,7 +38,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from repgeom.analysis.params import AnalysisParams  # noqa: E402
 from repgeom.io import atomic_path  # noqa: E402
-from repgeom.plots import FIGURE_NAMES  # noqa: E402
+from repgeom.plots.registry import FIGURE_NAMES, FIGURE_TITLES, NoData, drawer  # noqa: E402
 from repgeom.plots.selection import (  # noqa: E402
     base_conditions,
     condition_styles,
@@ -46,23 +48,9 @@ from repgeom.plots.selection import (  # noqa: E402
     step_series,
 )
 
-FIGURE_TITLES = {
-    "id_gride": "intrinsic dimension (Gride) against layer",
-    "n_clusters": "number of ADP clusters against layer",
-    "ari": "ARI of the ADP clusters with subjects and with answer letters",
-    "label_overlap": "label overlap with subjects and with answer letters",
-    "data_overlap": "data overlap between in-context learning and fine-tuning",
-    "probe": "linear-probe accuracy against layer",
-    "local_id_steps": "mean local ID and accuracy against fine-tuning step",
-    "accuracy_table": "accuracy per condition",
-}
 LAYER_LABEL = "layer (input of block i; last = final norm)"
 STEP_LABEL = "optimizer step (0 = base model, 0-shot prompt)"
 CHANCE = 0.25
-
-
-class NoData(ValueError):
-    """There is nothing to draw; the message says why."""
 
 
 def gride_scale(id_scale_index: int) -> int:
@@ -416,33 +404,64 @@ def settings_footer(name: str, params: AnalysisParams) -> str:
     return "; ".join(filter(None, [lines.get(name, ""), common if name != "accuracy_table" else ""]))
 
 
+@dataclass(frozen=True)
+class FigureInputs:
+    """What every drawing function of the registry gets: the merged tables, the model, the optimizer step of each
+    fine-tuned condition, the analysis settings and the conditions to show (None: all)."""
+    metrics: pd.DataFrame
+    overlap: pd.DataFrame
+    accuracy: pd.DataFrame
+    model: str
+    steps: dict[str, int] = field(default_factory=dict)
+    params: AnalysisParams = field(default_factory=AnalysisParams)
+    conditions: Sequence[str] | None = None
+
+    def common(self, name: str) -> dict:
+        """steps, conditions and the settings footer of figure `name`, as the `plot_*` functions take them."""
+        return dict(steps=self.steps, conditions=self.conditions, footer=settings_footer(name, self.params))
+
+
+def draw_id_gride(inputs: FigureInputs) -> Figure:
+    return plot_id_gride(inputs.metrics, inputs.model, gride_scale(inputs.params.id_scale_index),
+                         **inputs.common("id_gride"))
+
+
+def draw_n_clusters(inputs: FigureInputs) -> Figure:
+    return plot_n_clusters(inputs.metrics, inputs.model, **inputs.common("n_clusters"))
+
+
+def draw_ari(inputs: FigureInputs) -> Figure:
+    return plot_ari(inputs.metrics, inputs.model, **inputs.common("ari"))
+
+
+def draw_label_overlap(inputs: FigureInputs) -> Figure:
+    return plot_label_overlap(inputs.metrics, inputs.model, **inputs.common("label_overlap"))
+
+
+def draw_data_overlap(inputs: FigureInputs) -> Figure:
+    return plot_data_overlap(inputs.overlap, inputs.model, **inputs.common("data_overlap"))
+
+
+def draw_probe(inputs: FigureInputs) -> Figure:
+    return plot_probe(inputs.metrics, inputs.model, **inputs.common("probe"))
+
+
+def draw_local_id_steps(inputs: FigureInputs) -> Figure:
+    return plot_local_id_steps(inputs.metrics, inputs.accuracy, inputs.model, inputs.steps,
+                               conditions=inputs.conditions, footer=settings_footer("local_id_steps", inputs.params))
+
+
 def model_figures(metrics: pd.DataFrame, overlap: pd.DataFrame, accuracy: pd.DataFrame, model: str,
                   steps: Mapping[str, int] | None, params: AnalysisParams | Mapping | None = None, *,
                   conditions: Sequence[str] | None = None) -> dict[str, Figure]:
-    """Every figure of `FIGURE_NAMES` for one model; a figure without data says so (and why) instead."""
-    from repgeom.plots.tables import plot_accuracy_table
-
-    params = AnalysisParams.coerce(params)
-    steps = dict(steps or {})
-    common = dict(steps=steps, conditions=conditions)
-    builders: dict[str, Callable[[], Figure]] = {
-        "id_gride": lambda: plot_id_gride(metrics, model, gride_scale(params.id_scale_index), **common,
-                                          footer=settings_footer("id_gride", params)),
-        "n_clusters": lambda: plot_n_clusters(metrics, model, **common, footer=settings_footer("n_clusters", params)),
-        "ari": lambda: plot_ari(metrics, model, **common, footer=settings_footer("ari", params)),
-        "label_overlap": lambda: plot_label_overlap(metrics, model, **common,
-                                                    footer=settings_footer("label_overlap", params)),
-        "data_overlap": lambda: plot_data_overlap(overlap, model, **common,
-                                                  footer=settings_footer("data_overlap", params)),
-        "probe": lambda: plot_probe(metrics, model, **common, footer=settings_footer("probe", params)),
-        "local_id_steps": lambda: plot_local_id_steps(metrics, accuracy, model, steps, conditions=conditions,
-                                                      footer=settings_footer("local_id_steps", params)),
-        "accuracy_table": lambda: plot_accuracy_table(accuracy, model, steps=steps, conditions=conditions),
-    }
+    """Every figure of `FIGURE_NAMES` for one model, each drawn by its registry function; a figure without data
+    says so (and why) instead."""
+    inputs = FigureInputs(metrics, overlap, accuracy, model, dict(steps or {}), AnalysisParams.coerce(params),
+                          conditions)
     figures = {}
     for name in FIGURE_NAMES:
         try:
-            figures[name] = builders[name]()
+            figures[name] = drawer(name)(inputs)
         except NoData as reason:
             figures[name] = nothing_to_show(name, model, str(reason))
     return figures
@@ -464,7 +483,8 @@ def write_figures(figures: Mapping[str, Figure], out_dir: str | Path, pdf: bool 
 
 
 __all__ = [
-    "FIGURE_NAMES", "NoData", "Panel", "gride_scale", "layer_figure", "model_figures", "nothing_to_show",
+    "FIGURE_NAMES", "FigureInputs", "NoData", "Panel", "draw_ari", "draw_data_overlap", "draw_id_gride",
+    "draw_label_overlap", "draw_local_id_steps", "draw_n_clusters", "draw_probe", "gride_scale", "layer_figure", "model_figures", "nothing_to_show",
     "plot_ari", "plot_data_overlap", "plot_id_gride", "plot_label_overlap", "plot_local_id_steps",
     "plot_n_clusters", "plot_probe", "settings_footer", "write_figures",
 ]

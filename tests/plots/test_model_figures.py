@@ -3,7 +3,7 @@ import pytest
 from matplotlib import pyplot as plt
 
 from repgeom.plots import FIGURE_NAMES
-from repgeom.plots.geometry import (
+from repgeom.plots.model_figures import (
     NoData,
     gride_scale,
     model_figures,
@@ -17,7 +17,7 @@ from repgeom.plots.geometry import (
     settings_footer,
 )
 from repgeom.analysis.params import AnalysisParams
-from repgeom.plots.tables import plot_accuracy_table
+from repgeom.plots.accuracy_figure import plot_accuracy_table
 
 SHOWN = ["0shot", "1shot", "2shot", "5shot", "ft-lora-epoch1", "ft-lora-epoch2", "ft-lora-epoch3", "ft-lora-epoch4"]
 

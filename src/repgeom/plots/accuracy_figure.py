@@ -1,26 +1,19 @@
-"""Tables for the report: accuracy per model and condition (CSV), and the same for one model as a figure."""
+"""The accuracy table of one model drawn as a figure (`accuracy_table` of the figure set); the table itself,
+`tables/accuracy.csv`, is `repgeom.tables`."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
-import pandas as pd
+import matplotlib
 
-from repgeom.errors import InputError
-from repgeom.extract.accuracy import accuracy_summary
-from repgeom.io import read_parquet_table
+matplotlib.use("Agg")  # no display on cluster nodes
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
 
-ACCURACY_COLUMNS = ["model", "condition", "n", "micro", "macro", "micro_argmax", "macro_argmax"]
-
-
-def accuracy_table(paths: list[str | Path]) -> pd.DataFrame:
-    """One row per `extract/{model}/{condition}.accuracy.parquet`, recomputed from the per-prompt rows."""
-    rows = []
-    for path in map(Path, paths):
-        summary = accuracy_summary(read_parquet_table(path, "accuracy file", InputError))
-        rows.append({"model": path.parent.name, "condition": path.name.removesuffix(".accuracy.parquet"), **summary})
-    return pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
-
+from repgeom.conditions import parse_condition  # noqa: E402
+from repgeom.plots.registry import NoData  # noqa: E402
+from repgeom.plots.selection import checkpoint_step, order_conditions  # noqa: E402
+from repgeom.tables import ACCURACY_COLUMNS  # noqa: E402
 
 TABLE_HEADER = ["condition", "step", "prompts", "micro", "macro", "micro\n(argmax)", "macro\n(argmax)"]
 ROW_COLOURS = {"base": "white", "control": "#eeeeee", "finetuned": "#fdebd6"}
@@ -30,12 +23,6 @@ def plot_accuracy_table(accuracy: pd.DataFrame, model: str, *, steps: Mapping[st
                         conditions: Sequence[str] | None = None):
     """Every condition of `model` (base k-shot by k, each followed by its prompt controls, then fine-tuned
     checkpoints by method and step) with its accuracy, drawn as a table; controls shaded grey, checkpoints orange."""
-    import matplotlib.pyplot as plt
-
-    from repgeom.conditions import parse_condition
-    from repgeom.plots.geometry import NoData
-    from repgeom.plots.selection import checkpoint_step, order_conditions
-
     rows = accuracy[accuracy["model"] == model]
     if conditions is not None:
         rows = rows[rows["condition"].isin(conditions)]
@@ -72,3 +59,11 @@ def plot_accuracy_table(accuracy: pd.DataFrame, model: str, *, steps: Mapping[st
              "(0-shot prompts). Grey: prompt controls.", fontsize=7.5, color="0.25", va="bottom")
     fig.table_cells = cells
     return fig
+
+
+def draw_accuracy_table(inputs):
+    """The registry's drawing function (`repgeom.plots.registry`) for `accuracy_table`."""
+    return plot_accuracy_table(inputs.accuracy, inputs.model, steps=inputs.steps, conditions=inputs.conditions)
+
+
+__all__ = ["draw_accuracy_table", "plot_accuracy_table"]

@@ -1,0 +1,59 @@
+"""The per-model figure set, in one place: each figure's file name, its label in the Snakemake report, its title,
+and the function that draws it. Standard library only: the workflow imports this at parse time (through
+`repgeom.plots`), before any plotting library is needed.
+
+A figure is added here (and drawn by the function `draw` names, in `repgeom.plots.model_figures` or a module of
+its own), plus its caption `workflow/report/{name}.rst`; the workflow's outputs, the report's labels and
+`python -m repgeom.plots figures` follow from this table.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+class NoData(ValueError):
+    """There is nothing to draw; the message says why."""
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    name: str  # file stem: figures/{model}/{name}.png (and .pdf)
+    label: str  # the report's "figure" label
+    title: str  # the figure's heading (and that of its "nothing to show" stand-in)
+    draw: str  # "module:function", called with a `model_figures.FigureInputs`; returns a Figure or raises NoData
+
+
+FIGURES: dict[str, FigureSpec] = {spec.name: spec for spec in (
+    FigureSpec("id_gride", "intrinsic dimension", "intrinsic dimension (Gride) against layer",
+               "repgeom.plots.model_figures:draw_id_gride"),
+    FigureSpec("n_clusters", "number of clusters", "number of ADP clusters against layer",
+               "repgeom.plots.model_figures:draw_n_clusters"),
+    FigureSpec("ari", "ARI (subjects, letters)", "ARI of the ADP clusters with subjects and with answer letters",
+               "repgeom.plots.model_figures:draw_ari"),
+    FigureSpec("label_overlap", "label overlap", "label overlap with subjects and with answer letters",
+               "repgeom.plots.model_figures:draw_label_overlap"),
+    FigureSpec("data_overlap", "data overlap ICL vs fine-tuning",
+               "data overlap between in-context learning and fine-tuning",
+               "repgeom.plots.model_figures:draw_data_overlap"),
+    FigureSpec("probe", "linear probes", "linear-probe accuracy against layer",
+               "repgeom.plots.model_figures:draw_probe"),
+    FigureSpec("local_id_steps", "local ID and accuracy vs step", "mean local ID and accuracy against fine-tuning step",
+               "repgeom.plots.model_figures:draw_local_id_steps"),
+    FigureSpec("accuracy_table", "accuracy table", "accuracy per condition",
+               "repgeom.plots.accuracy_figure:draw_accuracy_table"),
+)}
+
+FIGURE_NAMES: tuple[str, ...] = tuple(FIGURES)
+FIGURE_LABELS: dict[str, str] = {name: spec.label for name, spec in FIGURES.items()}
+FIGURE_TITLES: dict[str, str] = {name: spec.title for name, spec in FIGURES.items()}
+
+
+def drawer(name: str) -> Callable:
+    """The function that draws figure `name` (imported on first use)."""
+    module, _, function = FIGURES[name].draw.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+__all__ = ["FIGURES", "FIGURE_LABELS", "FIGURE_NAMES", "FIGURE_TITLES", "FigureSpec", "NoData", "drawer"]

@@ -1,0 +1,50 @@
+"""Helpers shared by the test files: one way to run Snakemake on the workflow, and one way to run a repgeom entry
+point, in a subprocess. Importable as `helpers` (tests/conftest.py puts this folder on sys.path, the
+`--import-mode=importlib` equivalent of pytest's `pythonpath = ["tests"]`)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = str(Path(sys.executable).parent)
+SNAKEFILE = ROOT / "Snakefile"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def snakemake_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """`base` (default: this process's environment) with this venv's bin first on PATH (the rules call
+    `python`), offline Hugging Face, and `extra`."""
+    env = dict(os.environ if base is None else base)
+    env.update(PATH=f"{VENV_BIN}:{env.get('PATH', '')}", **OFFLINE, **extra)
+    return env
+
+
+def run_snakemake(*args: str, workdir: str | Path | None = None, snakefile: str | Path | None = SNAKEFILE,
+                  env: Mapping[str, str] | None = None, timeout: float = 300,
+                  cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+    """`python -m snakemake [--snakefile S] [--directory W] ARGS` with output captured as text; `env` defaults
+    to `snakemake_env()`. The caller checks the return code."""
+    command = [sys.executable, "-m", "snakemake"]
+    if snakefile is not None:
+        command += ["--snakefile", str(snakefile)]
+    if workdir is not None:
+        command += ["--directory", str(workdir)]
+    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True,
+                          env=dict(snakemake_env() if env is None else env), timeout=timeout, cwd=cwd)
+
+
+def run_module(module: str, *args, env_extra: Mapping[str, str] | None = None, launcher: Sequence[str] = (),
+               timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` in a subprocess (under `launcher`, e.g. torchrun, if given): offline, one thread,
+    without the distributed variables of an enclosing launcher."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+           **(env_extra or {})}
+    for name in RANK_VARIABLES:
+        env.pop(name, None)
+    command = [*launcher, "-m", module] if launcher else [sys.executable, "-m", module]
+    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
