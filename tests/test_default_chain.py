@@ -127,7 +127,7 @@ def test_make_run_killed_then_run_again_equals_an_uninterrupted_run(default_run,
         read = pd.read_csv if table.endswith(".csv") else pd.read_parquet
         pd.testing.assert_frame_equal(read(killed / "results" / table), read(workdir / "results" / table))
     adapters = "finetune/tiny-llama/lora/checkpoints"
-    for adapter in (workdir / "results" / adapters).iterdir():
+    for adapter in (p for p in (workdir / "results" / adapters).iterdir() if p.is_dir()):
         assert ((killed / "results" / adapters / adapter.name / "adapter_model.safetensors").read_bytes()
                 == (adapter / "adapter_model.safetensors").read_bytes()), adapter.name
 
@@ -153,6 +153,7 @@ def test_a_copied_checkout_with_its_results_has_nothing_to_do(default_run, tmp_p
     """No absolute path of the checkout decides a re-run: the workflow and the run's folder copied elsewhere."""
     workdir, _ = default_run
     checkout = tmp_path / "checkout"
+    checkout.mkdir()
     for part in ("Snakefile", "workflow", "config", "profiles"):
         copy = shutil.copytree if (ROOT / part).is_dir() else shutil.copy2
         copy(ROOT / part, checkout / part)

@@ -5,7 +5,7 @@ rule analyze_layers:
         f"{RESULTS}/metrics/{{model}}/{{condition}}/layers_{{layers}}.parquet",
     params:
         provenance=provenance("analyze_layers", ['analysis.params'], ['analysis.params.seed']),
-        store=f"{RESULTS}/activations.zarr",
+        store=STORE,
         group=store_group,
         analysis=as_json(config["analysis"]["params"]),
     threads: job_threads("analyze")
@@ -57,12 +57,12 @@ rule data_overlap:
         f"{RESULTS}/metrics/{{model}}/overlap.parquet",
     params:
         provenance=provenance("data_overlap", ['analysis.params.overlap_k']),
-        store=f"{RESULTS}/activations.zarr",
+        store=STORE,
         groups=lambda wc, input: " ".join(
             f"{wc.model}/{Path(path).name.removesuffix('.accuracy.parquet')}" for path in input
         ),
         group_paths=lambda wc, input: " ".join(
-            f"{RESULTS}/activations.zarr/{wc.model}/{Path(path).name.removesuffix('.accuracy.parquet')}"
+            f"{STORE}/{wc.model}/{Path(path).name.removesuffix('.accuracy.parquet')}"
             for path in input
         ),
         k=config["analysis"]["params"].get("overlap_k", 30),

@@ -23,6 +23,8 @@ _problems = cross_section_errors(config)
 if _problems:
     raise WorkflowError("invalid config:\n  " + "\n  ".join(_problems))
 RESULTS = config["results_dir"]
+# The run's one activation store: a group per model and condition (repgeom.store).
+STORE = f"{RESULTS}/activations.zarr"
 MODELS = list(config["models"])
 # Sorted, here and for the methods: the same settings in another key order are the same run.
 BASE_CONDITIONS = [f"{k}shot" for k in sorted(config["shots"])]
@@ -257,7 +259,7 @@ def provenance(rule_name, config_keys=(), seed_keys=(), params=None):
 
 
 def store_group(wildcards):
-    return f"{RESULTS}/activations.zarr/{wildcards.model}/{wildcards.condition}"
+    return f"{STORE}/{wildcards.model}/{wildcards.condition}"
 
 
 def adapter_inputs(wildcards):

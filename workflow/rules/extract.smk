@@ -7,7 +7,7 @@ rule extract:
         accuracy=f"{RESULTS}/extract/{{model}}/{{condition}}.accuracy.parquet",
     params:
         provenance=provenance("extract", ['extraction', 'models.{model}'], ['sampling.seed']),
-        store=f"{RESULTS}/activations.zarr",
+        store=STORE,
         model=lambda wc: model_spec(wc.model),
         max_length=lambda wc: config["models"][wc.model]["max_length"],
         hook=config["extraction"]["hook"],

@@ -12,7 +12,7 @@ rule finetune:
         out=lambda wc: finetune_folder(wc.model, wc.method),
         model=lambda wc: model_spec(wc.model),
         params=lambda wc: as_json(finetune_params(wc.method)),
-        deepspeed=config["finetune"]["deepspeed"],
+        deepspeed=lambda wc: config["finetune"]["deepspeed"],
         model_dtype=lambda wc: config["finetune"]["model_dtype"],
     threads: job_threads("finetune")
     resources:
