@@ -134,6 +134,17 @@ def _offline_hint(spec: str, err: Exception) -> ModelLoadError:
     )
 
 
+def _raise_load_error(what: str, spec: str, is_local: bool, err: Exception) -> None:
+    """Raise what a failed `from_pretrained` of a tokenizer or model means: a ModelLoadError naming the folder
+    (local) or the offline hint (hub). Returns when the error is not about loading (out of memory, an interrupt)."""
+    if is_local and not isinstance(err, _NOT_LOAD_ERRORS):
+        raise _local_load_error(what, spec, err) from err
+    if isinstance(err, OSError):
+        raise _offline_hint(spec, err) from err
+    if isinstance(err, ValueError):
+        raise ModelLoadError(f"unsupported {what} for {spec!r}: {err}") from err
+
+
 def load_tokenizer(spec: str, revision: str | None = None):
     from transformers import AutoTokenizer
 
@@ -143,12 +154,7 @@ def load_tokenizer(spec: str, revision: str | None = None):
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec, revision=revision)
     except Exception as err:  # transformers and tokenizers raise OSError, ValueError, KeyError, plain Exception, …
-        if is_local and not isinstance(err, _NOT_LOAD_ERRORS):
-            raise _local_load_error("tokenizer", spec, err) from err
-        if isinstance(err, OSError):
-            raise _offline_hint(spec, err) from err
-        if isinstance(err, ValueError):
-            raise ModelLoadError(f"unsupported tokenizer for {spec!r}: {err}") from err
+        _raise_load_error("tokenizer", spec, is_local, err)
         raise
     if tokenizer.pad_token_id is None:
         # Llama-style tokenizers ship no pad token; EOS is the usual stand-in and is masked anyway.
@@ -196,12 +202,7 @@ def load_model(spec: str, device: torch.device | str = "cpu", dtype: str | None 
             spec, revision=revision, dtype=torch_dtype, device_map=device_map
         )
     except Exception as err:  # OSError, ValueError (unknown model_type), KeyError, … from transformers
-        if is_local and not isinstance(err, _NOT_LOAD_ERRORS):
-            raise _local_load_error("model", spec, err) from err
-        if isinstance(err, OSError):
-            raise _offline_hint(spec, err) from err
-        if isinstance(err, ValueError):
-            raise ModelLoadError(f"unsupported model at {spec!r}: {err}") from err
+        _raise_load_error("model", spec, is_local, err)
         raise
     if device_map is None:
         model.to(device)
