@@ -1,4 +1,5 @@
 # Input functions and the values rules are wired with; what they compute lives in src/repgeom/workflow/.
+import functools
 import re
 from pathlib import Path
 
@@ -117,6 +118,7 @@ def gguf_source(model):
     return source
 
 
+@functools.cache  # read once per model: input and resource functions ask for it for every job
 def model_shape(model):
     """(decoder blocks, hidden size), read from the model: the build settings, the GGUF file's header, a local
     folder's config.json, or the config for a hub id (a dry run stays offline)."""

@@ -244,19 +244,23 @@ def gguf_metadata(path: str | Path) -> dict:
     return metadata
 
 
-def gguf_architecture(path: str | Path) -> str:
-    """`general.architecture` from the GGUF metadata (llama, qwen2, …)."""
-    architecture = gguf_metadata(path).get("general.architecture")
+def _architecture(path: str | Path, metadata: dict) -> str:
+    architecture = metadata.get("general.architecture")
     if not isinstance(architecture, str):
         raise GgufImportError(f"GGUF file {str(path)!r} has no `general.architecture` in its metadata")
     return architecture
 
 
+def gguf_architecture(path: str | Path) -> str:
+    """`general.architecture` from the GGUF metadata (llama, qwen2, …)."""
+    return _architecture(path, gguf_metadata(path))
+
+
 def gguf_shape(source: dict) -> tuple[int, int]:
-    """(decoder blocks, hidden size) of the model a GGUF source names, from its metadata."""
+    """(decoder blocks, hidden size) of the model a GGUF source names, from its metadata (read once)."""
     path = resolve_gguf(source).path
     metadata = gguf_metadata(path)
-    architecture = gguf_architecture(path)
+    architecture = _architecture(path, metadata)
     keys = (f"{architecture}.block_count", f"{architecture}.embedding_length")
     missing = [key for key in keys if not isinstance(metadata.get(key), int)]
     if missing:
