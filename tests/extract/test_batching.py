@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from repgeom.extract.batching import (TokenSample, encode_prompts, first_token_index, last_token_index,
-                                      length_batches, pad_batch, position_ids, truncate_left)
+                                      length_batches, pad_batch, position_ids, shared_prefix_groups,
+                                      truncate_left)
 from repgeom.extract.run import plan_chunk
 from repgeom.store.layout import chunk_rows
 
@@ -61,15 +62,59 @@ def test_token_sample_is_seeded_uniform_and_chunk_aligned():
 
 
 def test_plan_chunk_routes_sampled_tokens_to_their_batch():
-    lengths = np.array([5, 9, 3, 7])
+    token_lists = [[row] * n for row, n in enumerate((5, 9, 3, 7))]  # no two share a token
     sample_rows = np.array([0, 1, 1, 3, -1])
     sample_positions = np.array([2, 0, 8, 6, -1])
-    batches = plan_chunk(lengths, sample_rows, sample_positions, max_batch_tokens=18)
-    slots = np.concatenate([b.sample_slots for b in batches])
+    [plan] = plan_chunk(token_lists, sample_rows, sample_positions, max_batch_tokens=18, min_shared_prefix=4)
+    assert plan.length == 0 and plan.n_passes == len(plan.batches) == 2
+    slots = np.concatenate([b.sample_slots for b in plan.batches])
     assert sorted(slots.tolist()) == [0, 1, 2, 3]
-    for batch in batches:
+    for batch in plan.batches:
         assert np.array_equal(batch.rows[batch.sample_batch_rows], sample_rows[batch.sample_slots])
         assert np.array_equal(batch.sample_positions, sample_positions[batch.sample_slots])
+
+
+def test_shared_prefix_groups_keep_a_token_of_every_row_and_ignore_row_order():
+    header, shots_a, shots_b = [1, 2, 3], [10] * 40, [20] * 40
+    token_lists = [header + shots_a + [7, 8], header + shots_b + [9], header + [5, 6],
+                   header + shots_a + [7, 9, 9], header + shots_b + [9, 4], header + shots_a]
+    groups = shared_prefix_groups(token_lists, min_length=32)
+    assert [(g.rows.tolist(), g.length) for g in groups] == [([2], 0), ([0, 3, 5], 42), ([1, 4], 43)]
+    # Row 5 is the prefix itself: the prefix stops one token short of it.
+    assert min(len(token_lists[r]) for r in groups[1].rows) - groups[1].length == 1
+    permutation = [5, 3, 1, 0, 4, 2]
+    regrouped = shared_prefix_groups([token_lists[i] for i in permutation], min_length=32)
+    assert sorted((sorted(permutation[r] for r in g.rows), g.length) for g in regrouped) == \
+        sorted((g.rows.tolist(), g.length) for g in groups)
+    assert [(g.rows.tolist(), g.length) for g in shared_prefix_groups(token_lists, min_length=50)] == \
+        [([0, 1, 2, 3, 4, 5], 0)]
+
+
+def test_plan_chunk_with_a_shared_prefix_computes_its_sampled_tokens_once():
+    prefix = list(range(100, 140))
+    token_lists = [prefix + [1, 2, 3], prefix + [4, 5], [9, 9, 9], prefix + [6]]
+    sample_rows = np.array([0, 1, 1, 2, 3, -1])
+    sample_positions = np.array([41, 5, 40, 1, 39, -1])
+    plans = plan_chunk(token_lists, sample_rows, sample_positions, max_batch_tokens=30, min_shared_prefix=32)
+    alone, shared = plans
+    assert (alone.length, alone.n_passes, [b.rows.tolist() for b in alone.batches]) == (0, 1, [[2]])
+    assert shared.length == 40 and shared.first_row in (0, 1, 3)
+    # Slots 1 and 4 fall in the prefix (positions 5 and 39): the prefix pass computes them.
+    assert shared.prefix_sample_slots.tolist() == [1, 4] and shared.prefix_sample_positions.tolist() == [5, 39]
+    # Continuations of 3, 2 and 1 tokens; 4 x 30 tokens of context hold two rows after the 40-token prefix.
+    assert [b.rows.tolist() for b in shared.batches] == [[0, 1], [3]] and shared.n_passes == 3
+    first = shared.batches[0]
+    assert first.sample_slots.tolist() == [0, 2] and first.sample_batch_rows.tolist() == [0, 1]
+    assert first.sample_positions.tolist() == [1, 0]  # positions within the continuation
+    assert shared.batches[1].sample_slots.tolist() == []
+
+
+def test_length_batches_after_a_prefix_bound_the_context_too():
+    lengths = np.array([10, 10, 10, 10])
+    assert [len(b) for b in length_batches(lengths, 40)] == [4]
+    # 4 x 40 tokens of context at most: (90 + 10) tokens each, one row per batch.
+    assert [len(b) for b in length_batches(lengths, 40, prefix_length=90)] == [1, 1, 1, 1]
+    assert [len(b) for b in length_batches(lengths, 40, prefix_length=30)] == [4]
 
 
 def test_chunk_rows_between_8_and_64_mib_and_capped():

@@ -14,6 +14,7 @@ rule extract:
         store_dtype=config["extraction"]["store_dtype"],
         model_dtype=config["extraction"]["model_dtype"],
         max_batch_tokens=config["extraction"]["max_batch_tokens"],
+        min_shared_prefix=config["extraction"]["min_shared_prefix"],
         chunk_rows=f"--chunk-rows {config['extraction']['chunk_rows']}" if "chunk_rows" in config["extraction"] else "",
         adapter=adapter_option,
         parallel=extraction_parallel_option,
@@ -37,5 +38,5 @@ rule extract:
         " --store {params.store} --group {wildcards.model}/{wildcards.condition}"
         " --accuracy-out {output.accuracy} --hook {params.hook}"
         " --store-dtype {params.store_dtype} --model-dtype {params.model_dtype}"
-        " --max-batch-tokens {params.max_batch_tokens} --max-length {params.max_length} {params.chunk_rows}"
+        " --max-batch-tokens {params.max_batch_tokens} --min-shared-prefix {params.min_shared_prefix} --max-length {params.max_length} {params.chunk_rows}"
         " {params.token_sample} {params.parallel} --wait-for-lock > {log} 2>&1"

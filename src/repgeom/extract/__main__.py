@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--token-sample-layers", type=layer_list, default=[], help="layers of the all-token sample")
     parser.add_argument("--token-sample-size", type=int, default=0, help="tokens in the all-token sample")
     parser.add_argument("--seed", type=int, default=0, help="seed of the token sample")
+    parser.add_argument("--min-shared-prefix", type=int, default=32,
+                        help="prompts that begin with at least this many equal tokens compute them once, then "
+                             "continue from their key/value cache (0: every prompt runs whole)")
     parser.add_argument("--zero3", metavar="CONFIG", type=deepspeed_config_arg,
                         help="DeepSpeed ZeRO-3 config (shipped: zero3, or a JSON file): partition the model over ranks")
     parser.add_argument("--device-map", choices=("auto",), help="shard layers over this process's GPUs")
@@ -56,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = ExtractionSettings(
         hook=args.hook, store_dtype=args.store_dtype, model_dtype=args.model_dtype,
         max_batch_tokens=args.max_batch_tokens, max_length=args.max_length, chunk_rows=args.chunk_rows,
-        token_sample_layers=args.token_sample_layers, token_sample_size=args.token_sample_size, seed=args.seed)
+        token_sample_layers=args.token_sample_layers, token_sample_size=args.token_sample_size, seed=args.seed,
+        min_shared_prefix=args.min_shared_prefix)
     ExtractionJob(args.model, args.prompts, args.store, args.group, args.accuracy_out, settings,
                   adapter=args.adapter, revision=args.revision, zero3_config_path=args.zero3,
                   device_map=args.device_map, wait_for_lock=args.wait_for_lock).run()

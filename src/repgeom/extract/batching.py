@@ -25,8 +25,16 @@ def truncate_left(ids: list[int], max_length: int, bos_id: int | None) -> list[i
     return ids[len(ids) - max_length:]
 
 
-def length_batches(lengths: np.ndarray, max_batch_tokens: int) -> list[np.ndarray]:
-    """Indices into `lengths` grouped longest first, each batch's padded size (count x longest) within budget.
+# A batch that continues a shared prefix attends to the prefix's cached keys and values as well: its context
+# (rows x (prefix + longest)) may be this many times the token budget, since a cached token costs one K and one V
+# row per layer, a small part of what a computed token holds while it flows through the blocks.
+CONTEXT_PER_BATCH_TOKEN = 4
+
+
+def length_batches(lengths: np.ndarray, max_batch_tokens: int, prefix_length: int = 0) -> list[np.ndarray]:
+    """Indices into `lengths` grouped longest first, each batch's padded size (count x longest) within budget; after
+    a cached prefix of `prefix_length` tokens, its context (count x (prefix + longest)) within
+    CONTEXT_PER_BATCH_TOKEN x budget too.
 
     Deterministic in `lengths` alone, so a chunk recomputed after a resume runs exactly the same batches.
     """
@@ -35,9 +43,60 @@ def length_batches(lengths: np.ndarray, max_batch_tokens: int) -> list[np.ndarra
     while start < len(order):
         longest = int(lengths[order[start]])
         size = max(1, max_batch_tokens // longest)
+        if prefix_length:
+            size = min(size, max(1, CONTEXT_PER_BATCH_TOKEN * max_batch_tokens // (prefix_length + longest)))
         batches.append(order[start:start + size])
         start += size
     return batches
+
+
+def common_prefix_length(first: list[int], second: list[int]) -> int:
+    length = 0
+    for a, b in zip(first, second):
+        if a != b:
+            break
+        length += 1
+    return length
+
+
+@dataclass
+class PrefixGroup:
+    """Rows (ascending indices) whose first `length` tokens are the same: computed once, then continued per row.
+    `length` 0: rows computed whole."""
+    rows: np.ndarray
+    length: int
+
+
+def shared_prefix_groups(token_lists: list[list[int]], min_length: int) -> list[PrefixGroup]:
+    """The rows grouped by a common leading run of at least `min_length` tokens (a few-shot prompt's header and
+    shots, the same for every question of a subject); every other row in one group of length 0, first.
+
+    Sorted lexicographically, rows with a common prefix sit side by side, and a group's prefix is the shortest
+    common prefix of neighbours in it. Every row keeps at least its last token to compute (its logits and its
+    last-token representation come from the continuation). Deterministic in the token lists alone.
+    """
+    order = sorted(range(len(token_lists)), key=lambda row: token_lists[row])
+    runs, current, shared = [], order[:1], None
+    for previous, row in zip(order, order[1:]):
+        common = common_prefix_length(token_lists[previous], token_lists[row])
+        if common >= min_length:
+            current.append(row)
+            shared = common if shared is None else min(shared, common)
+        else:
+            runs.append((current, shared))
+            current, shared = [row], None
+    if current:
+        runs.append((current, shared))
+    groups, alone = [], []
+    for rows, shared in runs:
+        length = 0 if shared is None else min(shared, min(len(token_lists[r]) for r in rows) - 1)
+        if length >= min_length:
+            groups.append(PrefixGroup(np.sort(np.array(rows, dtype=np.int64)), length))
+        else:
+            alone.extend(rows)
+    if alone:
+        groups.insert(0, PrefixGroup(np.sort(np.array(alone, dtype=np.int64)), 0))
+    return groups
 
 
 def pad_batch(token_lists: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,11 +7,15 @@ A run on an existing group (complete or not) first re-hashes the row chunks mark
 when they were written (the ranks share the work), and computes again those whose files are missing or changed.
 
 Each rank owns whole row chunks (round robin over the chunks not yet done) and writes them itself. Within a chunk,
-prompts run in length-sorted batches; hooks keep only last-token rows on the device; each batch's rows are copied
-asynchronously into a host buffer, which a writer thread stores once the chunk is full, while the next chunk runs.
+prompts that begin with the same run of tokens (a subject's header and shots) share it: one forward pass computes
+the prefix and keeps its keys and values, and the prompts continue from that cache (docs/design.md, "Shared
+prefixes"); the other prompts run whole. Prompts run in length-sorted batches; hooks keep only last-token rows on
+the device; each batch's rows are copied asynchronously into a host buffer, which a writer thread stores once the
+chunk is full, while the next chunk runs.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import sys
@@ -29,7 +33,8 @@ from repgeom.errors import InputError
 from repgeom.io import read_parquet_table
 from repgeom.extract.accuracy import accuracy_frame, accuracy_summary, write_accuracy
 from repgeom.extract.batching import (TokenSample, encode_prompts, first_token_index, last_token_index,
-                                      length_batches, pad_batch, position_ids)
+                                      PrefixGroup, length_batches, pad_batch, position_ids,
+                                      shared_prefix_groups)
 from repgeom.extract.hooks import HOOKS, HookPoint, RowCapture, find_hook_points, unwrap
 from repgeom.extract.model_setup import (ExtractionModel, adapter_fingerprint, compute_device,
                                          legacy_adapter_fingerprint, load_extraction_model, load_model_config,
@@ -66,6 +71,7 @@ class ExtractionSettings:
     token_sample_size: int = 0
     seed: int = 0
     chunk_rows: int | None = None         # default: layout.chunk_rows (about 16 MiB per layer chunk)
+    min_shared_prefix: int = 32           # tokens that prompts must share to compute them once; 0: never share
 
     def __post_init__(self):
         if self.hook not in HOOKS:
@@ -74,6 +80,9 @@ class ExtractionSettings:
             raise InputError(f"padding side {self.padding_side!r} is not 'left' or 'right'")
         if self.store_dtype not in STORE_DTYPES:
             raise InputError(f"store dtype {self.store_dtype!r} is not one of {', '.join(STORE_DTYPES)}")
+        if self.min_shared_prefix < 0:
+            raise InputError(f"min_shared_prefix must be 0 (never share) or a positive token count, "
+                             f"got {self.min_shared_prefix}")
         if bool(self.token_sample_layers) != (self.token_sample_size > 0):
             raise InputError("a token sample needs both --token-sample-layers and a positive --token-sample-size")
 
@@ -102,22 +111,54 @@ def read_prompts(path: str | Path) -> pd.DataFrame:
 @dataclass
 class Batch:
     rows: np.ndarray               # chunk-relative rows, in computation order
-    sample_slots: np.ndarray       # the chunk's sample slots that fall in these rows
+    sample_slots: np.ndarray       # the chunk's sample slots that this pass computes
     sample_batch_rows: np.ndarray  # their row within the batch
-    sample_positions: np.ndarray   # their token position within the prompt
+    sample_positions: np.ndarray   # their token position within the tokens this pass computes
 
 
-def plan_chunk(lengths: np.ndarray, sample_rows: np.ndarray, sample_positions: np.ndarray,
-               max_batch_tokens: int) -> list[Batch]:
-    """Length-sorted batches of one row chunk; `sample_rows` are chunk-relative (-1 for an empty slot)."""
-    batches = []
-    for rows in length_batches(lengths, max_batch_tokens):
-        where = np.full(len(lengths), -1)
-        where[rows] = np.arange(len(rows))
-        slots = np.flatnonzero(sample_rows >= 0)
-        slots = slots[where[sample_rows[slots]] >= 0]
-        batches.append(Batch(rows, slots, where[sample_rows[slots]], sample_positions[slots]))
-    return batches
+@dataclass
+class PrefixPlan:
+    """A prefix of `length` tokens that the prompts of `batches` share (0: none, the prompts run whole): one pass
+    computes it, with the chunk's sampled tokens that fall in it (`prefix_sample_*`), then the batches continue it."""
+    first_row: int                 # a chunk-relative row whose first `length` tokens are the prefix
+    length: int
+    prefix_sample_slots: np.ndarray
+    prefix_sample_positions: np.ndarray
+    batches: list[Batch]
+
+    @property
+    def n_passes(self) -> int:
+        return len(self.batches) + (1 if self.length else 0)
+
+
+def plan_chunk(token_lists: list[list[int]], sample_rows: np.ndarray, sample_positions: np.ndarray,
+               max_batch_tokens: int, min_shared_prefix: int) -> list[PrefixPlan]:
+    """The forward passes of one row chunk: prompts grouped by shared prefix (none when `min_shared_prefix` is 0),
+    each group in length-sorted batches. `sample_rows` are chunk-relative (-1 for an empty slot).
+    Deterministic in the chunk's tokens, so a chunk recomputed after a resume runs exactly the same passes."""
+    n_rows = len(token_lists)
+    lengths = np.array([len(ids) for ids in token_lists], dtype=np.int64)
+    groups = (shared_prefix_groups(token_lists, min_shared_prefix) if min_shared_prefix
+              else [PrefixGroup(np.arange(n_rows), 0)])
+    filled = np.flatnonzero(sample_rows >= 0)
+    plans = []
+    for group in groups:
+        in_group = np.zeros(n_rows, dtype=bool)
+        in_group[group.rows] = True
+        slots = filled[in_group[sample_rows[filled]]]
+        in_prefix = sample_positions[slots] < group.length
+        continued = slots[~in_prefix]
+        batches = []
+        for members in length_batches(lengths[group.rows] - group.length, max_batch_tokens, group.length):
+            rows = group.rows[members]
+            where = np.full(n_rows, -1)
+            where[rows] = np.arange(len(rows))
+            batch_slots = continued[where[sample_rows[continued]] >= 0]
+            batches.append(Batch(rows, batch_slots, where[sample_rows[batch_slots]],
+                                 sample_positions[batch_slots] - group.length))
+        plans.append(PrefixPlan(int(group.rows[0]), group.length, slots[in_prefix], sample_positions[slots[in_prefix]],
+                                batches))
+    return plans
 
 
 class BatchRunner:
@@ -131,9 +172,15 @@ class BatchRunner:
         self.padding_side = padding_side
         self.letter_ids = torch.tensor(letter_ids, device=loaded.input_device)
 
-    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor):
-        extra = {} if self.loaded.prompt_learning else {"position_ids": position_ids(mask)}
-        return self.loaded.model(input_ids=input_ids, attention_mask=mask, use_cache=False, **extra)
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor, past=None, keep_cache: bool = False):
+        """`past`: the keys and values of a prefix that every row continues; `keep_cache`: return this pass's."""
+        if self.loaded.prompt_learning:
+            return self.loaded.model(input_ids=input_ids, attention_mask=mask, use_cache=False)
+        if past is not None:
+            mask = torch.cat([mask.new_ones(len(mask), past.get_seq_length()), mask], dim=1)
+        positions = position_ids(mask)[:, mask.shape[1] - input_ids.shape[1]:]
+        return self.loaded.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                                 past_key_values=past, use_cache=past is not None or keep_cache)
 
     def to_device(self, values) -> torch.Tensor:
         """Host to device without a stream sync: from pinned memory on CUDA (pageable copies synchronise)."""
@@ -142,13 +189,29 @@ class BatchRunner:
             values = values.pin_memory()
         return values.to(self.loaded.input_device, non_blocking=True)
 
-    def run(self, token_lists: list[list[int]], batch: Batch):
+    def run_prefix(self, prefix: list[int], sample_positions: np.ndarray):
+        """One pass over a shared prefix: its key/value cache, and its sampled rows (positions within the prefix)
+        in the storage dtype (None without a token sample)."""
+        input_ids = self.to_device([prefix])
+        sample_positions = self.to_device(sample_positions)
+        last = torch.full((1,), len(prefix) - 1, device=input_ids.device)
+        self.capture.start(len(prefix), last, torch.zeros_like(sample_positions), sample_positions)
+        cache = self.forward(input_ids, torch.ones_like(input_ids), keep_cache=True).past_key_values
+        _, sample = self.capture.stop()
+        return cache, None if sample is None else to_storage(sample, self.store_dtype)
+
+    def run(self, token_lists: list[list[int]], batch: Batch, prefix_cache=None):
+        """The batch's rows, continuing `prefix_cache` (a prefix's keys and values, batch size 1) if given."""
         input_ids, mask = (self.to_device(t) for t in pad_batch(token_lists, self.pad_id, self.padding_side))
         sample_rows = self.to_device(batch.sample_batch_rows)
         sample_index = first_token_index(mask)[sample_rows] + self.to_device(batch.sample_positions)
         self.capture.start(input_ids.shape[1], last_token_index(mask), sample_rows, sample_index)
+        past = None
+        if prefix_cache is not None:
+            past = copy.deepcopy(prefix_cache)  # the forward pass appends this batch's keys and values to it
+            past.batch_repeat_interleave(len(token_lists))
         # .to(): under device_map="auto" the LM head may sit on another GPU.
-        logits = self.forward(input_ids, mask).logits[:, -1].to(self.loaded.input_device).float()
+        logits = self.forward(input_ids, mask, past).logits[:, -1].to(self.loaded.input_device).float()
         reps, sample = self.capture.stop()
         logprob = torch.log_softmax(logits, dim=-1)
         letter_logprob = logprob[:, self.letter_ids]
@@ -161,37 +224,56 @@ class BatchRunner:
         self.forward(ids, torch.ones_like(ids))
 
 
-def extract_chunks(runner: BatchRunner, writer: AsyncChunkWriter, group_writer, token_lists, lengths: np.ndarray,
-                   chunks: list[int], sample_layout: TokenSampleLayout | None, max_batch_tokens: int,
-                   n_forward_passes: int, progress: tqdm) -> None:
-    """Compute `chunks`, handing each to the writer when full; then pad to `n_forward_passes` (ZeRO-3 lockstep)."""
+def chunk_plan(group_writer, token_lists, sample_layout: TokenSampleLayout | None, chunk: int,
+               max_batch_tokens: int, min_shared_prefix: int) -> list[PrefixPlan]:
+    first, stop = group_writer.chunk_bounds(chunk)
+    if sample_layout is not None:
+        sample_rows = np.where(sample_layout.rows[chunk] >= 0, sample_layout.rows[chunk] - first, -1)
+        sample_positions = sample_layout.positions[chunk]
+    else:
+        sample_rows = sample_positions = np.empty(0, dtype=np.int64)
+    return plan_chunk(token_lists[first:stop], sample_rows, sample_positions, max_batch_tokens, min_shared_prefix)
+
+
+def extract_chunks(runner: BatchRunner, writer: AsyncChunkWriter, group_writer, token_lists,
+                   plans: dict[int, list[PrefixPlan]], n_forward_passes: int, progress: tqdm) -> None:
+    """Compute the chunks of `plans`, handing each to the writer when full; then pad to `n_forward_passes` (ZeRO-3
+    lockstep)."""
     use_cuda_events = runner.loaded.input_device.type == "cuda"
     passes, tokens, start = 0, 0, time.perf_counter()
-    for chunk in chunks:
-        first, stop = group_writer.chunk_bounds(chunk)
-        if sample_layout is not None:
-            sample_rows = np.where(sample_layout.rows[chunk] >= 0, sample_layout.rows[chunk] - first, -1)
-            sample_positions = sample_layout.positions[chunk]
-        else:
-            sample_rows = sample_positions = np.empty(0, dtype=np.int64)
+    for chunk, chunk_plans in plans.items():
+        first, _ = group_writer.chunk_bounds(chunk)
         buffer = writer.acquire()
         row_order, sample_order, row_cursor, sample_cursor = [], [], 0, 0
-        for batch in plan_chunk(lengths[first:stop], sample_rows, sample_positions, max_batch_tokens):
-            reps, letter_logprob, argmax, sample = runner.run([token_lists[first + r] for r in batch.rows], batch)
-            rows = slice(row_cursor, row_cursor + len(batch.rows))
-            buffer.reps[rows].copy_(reps, non_blocking=True)
-            buffer.letter_logprob[rows].copy_(letter_logprob, non_blocking=True)
-            buffer.argmax_token[rows].copy_(argmax, non_blocking=True)
-            if sample is not None and len(batch.sample_slots):
-                buffer.sample[sample_cursor:sample_cursor + len(batch.sample_slots)].copy_(sample, non_blocking=True)
-            row_order.append(batch.rows)
-            sample_order.append(batch.sample_slots)
-            row_cursor += len(batch.rows)
-            sample_cursor += len(batch.sample_slots)
-            passes += 1
-            tokens += int(lengths[first + batch.rows].sum())
-            progress.update(len(batch.rows))
-            progress.set_postfix_str(f"{tokens / (time.perf_counter() - start):,.0f} tok/s", refresh=False)
+
+        def keep_sample(sample, slots):
+            nonlocal sample_cursor
+            if sample is not None and len(slots):
+                buffer.sample[sample_cursor:sample_cursor + len(slots)].copy_(sample, non_blocking=True)
+            sample_order.append(slots)
+            sample_cursor += len(slots)
+
+        for plan in chunk_plans:
+            prefix_cache = None
+            if plan.length:
+                prefix_cache, sample = runner.run_prefix(token_lists[first + plan.first_row][:plan.length],
+                                                         plan.prefix_sample_positions)
+                keep_sample(sample, plan.prefix_sample_slots)
+                passes += 1
+            for batch in plan.batches:
+                reps, letter_logprob, argmax, sample = runner.run(
+                    [token_lists[first + r][plan.length:] for r in batch.rows], batch, prefix_cache)
+                rows = slice(row_cursor, row_cursor + len(batch.rows))
+                buffer.reps[rows].copy_(reps, non_blocking=True)
+                buffer.letter_logprob[rows].copy_(letter_logprob, non_blocking=True)
+                buffer.argmax_token[rows].copy_(argmax, non_blocking=True)
+                keep_sample(sample, batch.sample_slots)
+                row_order.append(batch.rows)
+                row_cursor += len(batch.rows)
+                passes += 1
+                tokens += sum(len(token_lists[first + r]) for r in batch.rows)
+                progress.update(len(batch.rows))
+                progress.set_postfix_str(f"{tokens / (time.perf_counter() - start):,.0f} prompt tok/s", refresh=False)
         ready = None
         if use_cuda_events:
             ready = torch.cuda.Event()
@@ -207,7 +289,6 @@ def extract_rank_share(loaded: ExtractionModel, points: list[HookPoint], token_l
     """Compute this rank's share (round robin) of the row chunks not yet done, and write them.
 
     `lockstep`: ZeRO-3, where every rank must run the same number of forward passes."""
-    lengths = np.array([len(ids) for ids in token_lists], dtype=np.int64)
     # A resumed group keeps its own chunking and sample layout, whatever this run would have chosen.
     sample_layout = group_writer.token_sample_layout()
     todo = np.flatnonzero(~group_writer.done_chunks()).tolist()
@@ -215,8 +296,11 @@ def extract_rank_share(loaded: ExtractionModel, points: list[HookPoint], token_l
     mine = todo[info.rank::info.world_size]
     device = loaded.input_device
     max_batch_tokens = settings.max_batch_tokens or DEFAULT_BATCH_TOKENS[device.type]
-    bounds = [group_writer.chunk_bounds(c) for c in mine]
-    n_passes = own_passes = sum(len(length_batches(lengths[start:stop], max_batch_tokens)) for start, stop in bounds)
+    # Prompt-learning adapters put virtual tokens in front of every prompt (or in the cache): no prefix to share.
+    min_shared_prefix = 0 if loaded.prompt_learning else settings.min_shared_prefix
+    plans = {chunk: chunk_plan(group_writer, token_lists, sample_layout, chunk, max_batch_tokens, min_shared_prefix)
+             for chunk in mine}
+    n_passes = own_passes = sum(plan.n_passes for chunk_plans in plans.values() for plan in chunk_plans)
     if lockstep:
         n_passes = distributed.all_ranks_max(own_passes, device)
     hidden = group_writer.reps.shape[2]
@@ -233,12 +317,16 @@ def extract_rank_share(loaded: ExtractionModel, points: list[HookPoint], token_l
                                    pin=device.type == "cuda")
                for _ in range(min(2, len(mine)))]
     writer = AsyncChunkWriter(group_writer, buffers, sample_cap)
-    progress = tqdm(total=sum(stop - start for start, stop in bounds), unit="prompt", file=sys.stderr,
+    n_shared = sum(plan.length > 0 for chunk_plans in plans.values() for plan in chunk_plans)
+    if n_shared:
+        log.info("rank %d: %d shared prefixes (%d tokens computed once each on average)", info.rank, n_shared,
+                 sum(plan.length for chunk_plans in plans.values() for plan in chunk_plans) / n_shared)
+    progress = tqdm(total=sum(stop - start for start, stop in map(group_writer.chunk_bounds, mine)), unit="prompt",
+                    file=sys.stderr,
                     desc=f"extract {label} rank {info.rank}", mininterval=5)
     try:
         with torch.no_grad():
-            extract_chunks(runner, writer, group_writer, token_lists, lengths, mine, sample_layout,
-                           max_batch_tokens, n_passes, progress)
+            extract_chunks(runner, writer, group_writer, token_lists, plans, n_passes, progress)
     finally:
         progress.close()
         capture.remove()
