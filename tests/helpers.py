@@ -1,6 +1,7 @@
 """Helpers shared by the test files: one way to run Snakemake on the workflow, and one way to run a repgeom entry
-point, in a subprocess. Importable as `helpers` (tests/conftest.py puts this folder on sys.path, the
-`--import-mode=importlib` equivalent of pytest's `pythonpath = ["tests"]`)."""
+point, in a subprocess (optionally under two torchrun ranks, optionally killed part-way). Importable as `helpers`
+(tests/conftest.py puts this folder on sys.path, the `--import-mode=importlib` equivalent of pytest's
+`pythonpath = ["tests"]`)."""
 from __future__ import annotations
 
 import os
@@ -14,6 +15,10 @@ VENV_BIN = str(Path(sys.executable).parent)
 SNAKEFILE = ROOT / "Snakefile"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+# `launcher` of `run_module`: two ranks on the CPU (gloo).
+TWO_RANKS = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+# Its sitecustomize.py kills a process at a point named in the environment.
+FAULTS = Path(__file__).resolve().parent / "faults"
 
 
 def snakemake_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
@@ -48,3 +53,10 @@ def run_module(module: str, *args, env_extra: Mapping[str, str] | None = None, l
         env.pop(name, None)
     command = [*launcher, "-m", module] if launcher else [sys.executable, "-m", module]
     return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def sigkill_after(count: int, event: str) -> dict[str, str]:
+    """`env_extra` of `run_module` under which the process SIGKILLs itself after `count` events: "chunks" (row
+    chunks the extraction has written) or "steps" (optimizer steps of the fine-tuning); see tests/faults."""
+    path = os.pathsep.join(filter(None, (str(FAULTS), os.environ.get("PYTHONPATH"))))
+    return {"PYTHONPATH": path, f"REPGEOM_TEST_SIGKILL_AFTER_{event.upper()}": str(count)}

@@ -1,43 +1,13 @@
-"""Tiny models of several architectures, adapters and prompt sets for the extraction tests, all saved with
-`save_pretrained` and loaded by path as the workflow does."""
+"""Tiny models of several architectures and adapters for the extraction tests, all saved with `save_pretrained`
+and loaded by path as the workflow does, and the CLI run in a subprocess."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import functools
 
 import pandas as pd
 import pytest
 import torch
-
-SUBJECTS = ["high_school_biology", "abstract_algebra", "world_religions"]
-
-
-def prompt_frame(n: int, seed: int = 0) -> pd.DataFrame:
-    """MMLU-shaped prompts with 0-3 shots, so lengths vary and batches need padding."""
-    rows = []
-    for i in range(n):
-        subject = SUBJECTS[i % len(SUBJECTS)]
-        n_shots = (i * 7 + seed) % 4
-        shots = "".join(f"What is {j} times {i}?\nA. {j}\nB. {i * j}\nC. {i}\nD. {j + i}\nAnswer: B\n\n"
-                        for j in range(n_shots))
-        query = f"What is {i} plus {i % 5}?\nA. {i}\nB. {i + i % 5}\nC. {i + 1}\nD. {2 * i}\nAnswer:"
-        header = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
-        rows.append({"question_id": f"{subject}-{i}", "subject": subject, "gold": "ABCD"[(i * 3 + seed) % 4],
-                     "n_shots": n_shots, "prompt": header + shots + query, "n_tokens": 0, "truncated": False})
-    return pd.DataFrame(rows)
-
-
-@pytest.fixture
-def prompts_file(tmp_path):
-    path = tmp_path / "prompts.parquet"
-    prompt_frame(24).to_parquet(path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def make_prompts():
-    return prompt_frame
+from helpers import run_module
 
 
 def _save(model, tokenizer, tmp_path_factory, name):
@@ -101,14 +71,6 @@ def prompt_tuning_dir(tmp_path_factory, tiny_llama_dir):
     return out
 
 
-def run_cli(*args, env_extra=None, launcher=(), timeout=240):
-    """Run `python -m repgeom.extract` in a subprocess (optionally under a launcher such as torchrun)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-           **(env_extra or {})}
-    command = [*launcher, "-m", "repgeom.extract"] if launcher else [sys.executable, "-m", "repgeom.extract"]
-    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
-
-
 def forward_reference(model, tokenizer, prompts: pd.DataFrame, hook: str, max_length: int = 512):
     """Per prompt, unbatched and unpadded: ([L+1, S, D] full-sequence representations, [4] letter log-probabilities).
 
@@ -135,32 +97,11 @@ def forward_reference(model, tokenizer, prompts: pd.DataFrame, hook: str, max_le
 
 @pytest.fixture(scope="session")
 def cli():
-    return run_cli
+    """`cli(*args, env_extra=None, launcher=())`: `python -m repgeom.extract ARGS` in a subprocess."""
+    return functools.partial(run_module, "repgeom.extract", timeout=240)
 
 
 @pytest.fixture(scope="session")
 def reference():
     return forward_reference
-
-
-def extract_group(model_dir, prompts_file, out_dir, adapter=None, **settings):
-    """Extract in this process into OUT_DIR/store.zarr group m/c: (store, [N, L+1, D] layers, accuracy frame)."""
-    import numpy as np
-
-    from repgeom.extract.run import ExtractionJob, ExtractionSettings
-    from repgeom.store import n_layers, read_layer
-
-    store, accuracy = out_dir / "store.zarr", out_dir / "acc.parquet"
-    settings.setdefault("max_batch_tokens", 300)
-    settings.setdefault("model_dtype", "float32")  # the references are float32 forward passes
-    settings.setdefault("chunk_rows", 10)
-    ExtractionJob(str(model_dir), prompts_file, store, "m/c", accuracy, ExtractionSettings(**settings),
-                  adapter=str(adapter) if adapter else None).run()
-    stored = np.stack([read_layer(store, "m/c", layer)[0] for layer in range(n_layers(store, "m/c"))], axis=1)
-    return store, stored, pd.read_parquet(accuracy)
-
-
-@pytest.fixture(scope="session")
-def extract():
-    return extract_group
 

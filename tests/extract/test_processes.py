@@ -11,13 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import TWO_RANKS, sigkill_after
 
-from repgeom.extract.writer import KILL_AFTER_ENV
 from repgeom.store import StoreError, n_layers, read_layer
 
 pytestmark = pytest.mark.slow
-
-TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
 
 
 def cli_args(model, prompts, out: Path, *extra):
@@ -47,7 +45,7 @@ def one_rank(tmp_path_factory, tiny_llama_dir, make_prompts, cli):
 
 def test_resume_after_sigkill_is_bitwise_identical(one_rank, tiny_llama_dir, tmp_path, cli):
     prompts, reference = one_rank
-    killed = cli(*cli_args(tiny_llama_dir, prompts, tmp_path), env_extra={KILL_AFTER_ENV: "2"})
+    killed = cli(*cli_args(tiny_llama_dir, prompts, tmp_path), env_extra=sigkill_after(2, "chunks"))
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (tmp_path / "acc.parquet").exists()
     with pytest.raises(StoreError, match=r"incomplete \(2 of 5 row chunks"):
@@ -63,7 +61,7 @@ def test_resume_after_sigkill_is_bitwise_identical(one_rank, tiny_llama_dir, tmp
 def test_two_ranks_data_parallel(one_rank, tiny_llama_dir, tmp_path, cli):
     prompts, reference = one_rank
     # Another batch size too: rows are owned by chunk, so none is dropped or duplicated either way.
-    result = cli(*cli_args(tiny_llama_dir, prompts, tmp_path), "--max-batch-tokens", "120", launcher=TORCHRUN)
+    result = cli(*cli_args(tiny_llama_dir, prompts, tmp_path), "--max-batch-tokens", "120", launcher=TWO_RANKS)
     assert result.returncode == 0, result.stderr
     assert "rank 1/2: 2 of 5 row chunks" in result.stderr and "rank 0/2: 3 of 5 row chunks" in result.stderr
     check_same_as_one_rank(tmp_path, reference)
@@ -73,7 +71,7 @@ def test_two_ranks_zero3(one_rank, tiny_llama_dir, tmp_path, cli):
     prompts, reference = one_rank
     config = tmp_path / "zero3.json"
     config.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
-    result = cli(*cli_args(tiny_llama_dir, prompts, tmp_path), "--zero3", config, launcher=TORCHRUN, timeout=400)
+    result = cli(*cli_args(tiny_llama_dir, prompts, tmp_path), "--zero3", config, launcher=TWO_RANKS, timeout=400)
     assert result.returncode == 0, result.stderr
     # Rank 1 owns fewer rows, so it must run discarded passes to keep the collective forward passes in step.
     discarded = [int(n) for n in re.findall(r"ZeRO-3 lockstep: \d+ forward passes, (\d+) discarded", result.stderr)]

@@ -3,10 +3,10 @@ re-hashes the chunk files of the row chunks marked done against the digests kept
 import os
 import re
 import shutil
-import sys
 
 import pytest
 import zarr
+from helpers import TWO_RANKS
 
 from repgeom.extract.run import ExtractionJob, ExtractionSettings
 from repgeom.provenance import zarr_group_hash
@@ -123,10 +123,9 @@ def test_a_missing_chunk_file_of_a_resumed_group_is_recomputed(reference, copy, 
 def test_two_ranks_share_the_verification_and_the_repair(reference, copy, tiny_llama_dir, cli):
     prompts, reference_store = reference
     damage(copy)
-    torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
     result = cli("--model", tiny_llama_dir, "--prompts", prompts, "--store", copy, "--group", "m/c", "--accuracy-out",
                  copy.parent / "acc.parquet", "--chunk-rows", "5", "--max-batch-tokens", "200",
-                 "--token-sample-layers", "1", "--token-sample-size", "40", "--seed", "2", launcher=torchrun)
+                 "--token-sample-layers", "1", "--token-sample-size", "40", "--seed", "2", launcher=TWO_RANKS)
     assert result.returncode == 0, result.stderr
     # Rank 0 hashes row chunks 0, 2, 4 and rank 1 chunks 1, 3; each finds its own, both recompute.
     assert "m/c: row chunk 1 is damaged: file reps/c/1/1/0" in result.stderr

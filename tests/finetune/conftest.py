@@ -3,17 +3,15 @@
 Training always runs in its own process: DeepSpeed keeps its process groups for the life of a process."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import functools
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import TWO_RANKS, run_module
 
 DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[2] / "src/repgeom/resources/deepspeed"
 ZERO2, ZERO3 = DEEPSPEED_CONFIGS / "zero2.json", DEEPSPEED_CONFIGS / "zero3.json"
-TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
 SUBJECTS = ["high_school_biology", "abstract_algebra", "world_religions"]
 
 
@@ -37,19 +35,10 @@ def finetune_set(tmp_path):
     return path
 
 
-def run_cli(*args, env_extra=None, launcher=(), timeout=300):
-    """`python -m repgeom.finetune ARGS` in a subprocess, optionally under a launcher such as torchrun."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-           **(env_extra or {})}
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    command = [*launcher, "-m", "repgeom.finetune"] if launcher else [sys.executable, "-m", "repgeom.finetune"]
-    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
-
-
 @pytest.fixture(scope="session")
 def cli():
-    return run_cli
+    """`cli(*args, env_extra=None, launcher=(), timeout=300)`: `python -m repgeom.finetune ARGS` in a subprocess."""
+    return functools.partial(run_module, "repgeom.finetune")
 
 
 @pytest.fixture(scope="session")
@@ -59,4 +48,4 @@ def make_finetune_frame():
 
 @pytest.fixture(scope="session")
 def deepspeed_configs():
-    return {"zero2": ZERO2, "zero3": ZERO3, "torchrun": TORCHRUN}
+    return {"zero2": ZERO2, "zero3": ZERO3, "torchrun": TWO_RANKS}

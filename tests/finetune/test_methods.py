@@ -8,7 +8,7 @@ from peft import PeftModel, PrefixTuningConfig, TaskType, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from repgeom.finetune import FinetuneError, checkpoint_names
+from repgeom.finetune import FinetuneError, checkpoint_steps
 from repgeom.finetune.methods import VERTICES_FILE, mean_squared_cosine, resolve_target_modules
 from repgeom.models.loading import load_tokenizer
 
@@ -64,8 +64,7 @@ def test_prompt_learning_methods_train_and_load(method, tiny_llama_dir, finetune
                  "--deepspeed", deepspeed_configs["zero2"], "--model-dtype", "float32")  # compared in float32 below
     assert result.returncode == 0, result.stderr
     steps = json.loads((out / "checkpoints.json").read_text())
-    assert checkpoint_names(37, params) == ["step1", "step2", "step3", "epoch1"]
-    assert steps == {"step1": 1, "step2": 2, "step3": 3, "epoch1": 3}
+    assert steps == checkpoint_steps(37, params) == {"step1": 1, "step2": 2, "step3": 3, "epoch1": 3}
     tokenizer = load_tokenizer(str(tiny_llama_dir))
     batch = tokenizer(QUESTIONS, return_tensors="pt", padding=True)
     with torch.no_grad():

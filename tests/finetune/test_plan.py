@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from repgeom.finetune import FinetuneError, checkpoint_names, checkpoint_steps, default_params, parse_params
+from repgeom.finetune import FinetuneError, checkpoint_steps, default_params, parse_params
 from repgeom.finetune.plan import accumulation_steps, learning_rate, rank_micro_batches, step_rows, total_steps
 
 
@@ -12,16 +12,16 @@ def test_reference_run_checkpoints():
     """1,065 rows, effective batch 16, 4 epochs: 268 steps, as in docs/protocol.md §3.3."""
     params = default_params("8b")
     assert total_steps(1065, parse_params(params)) == 268
-    assert checkpoint_names(1065, params) == [
+    steps = checkpoint_steps(1065, params)
+    assert list(steps) == [
         "step1", "step2", "step3", "step6", "step12", "step22", "step42", "step77", "step144", "step268",
         "epoch1", "epoch2", "epoch3", "epoch4"]
-    steps = checkpoint_steps(1065, params)
     assert [steps[f"epoch{e}"] for e in range(1, 5)] == [67, 134, 201, 268]
 
 
 def test_log_spaced_steps_are_deduplicated():
     # geomspace(1, 12, 10) rounds to 1, 1, 2, 2, 3, 4, 5, 7, 9, 12.
-    assert checkpoint_names(37, {"epochs": 4}) == [
+    assert list(checkpoint_steps(37, {"epochs": 4})) == [
         "step1", "step2", "step3", "step4", "step5", "step7", "step9", "step12", "epoch1", "epoch2", "epoch3", "epoch4"]
 
 
@@ -93,4 +93,4 @@ def test_bad_params_name_the_key(raw, message):
 
 def test_empty_set_has_no_checkpoints():
     with pytest.raises(FinetuneError, match="fine-tuning set is empty"):
-        checkpoint_names(0, {})
+        checkpoint_steps(0, {})

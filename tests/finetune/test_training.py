@@ -8,12 +8,12 @@ import signal
 
 import numpy as np
 import pytest
+from helpers import sigkill_after
 from safetensors.torch import load_file
 
-from repgeom.finetune import checkpoint_names, checkpoint_steps, parse_params
+from repgeom.finetune import checkpoint_steps, parse_params
 from repgeom.finetune.__main__ import main
 from repgeom.finetune.plan import learning_rate
-from repgeom.finetune.trainer import KILL_AFTER_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -77,9 +77,8 @@ def test_layout_and_log(reference):
     params = parse_params(WITH_DROPOUT)
     steps = json.loads((out / "checkpoints.json").read_text())
     assert steps == checkpoint_steps(37, params)
-    names = checkpoint_names(37, params)
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == sorted(names)  # nothing partial left
-    for name in names:
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == sorted(steps)  # nothing partial left
+    for name in steps:
         assert (out / "checkpoints" / name / "adapter_config.json").is_file()
     assert not (out / "train_state").exists()  # only a killed run needs the state
     log = read_log(out)
@@ -95,7 +94,7 @@ def test_resume_after_sigkill_equals_uninterrupted(reference, tiny_llama_dir, fi
                                                     deepspeed_configs, capsys):
     out = tmp_path / "out"
     killed = finetune(cli, tiny_llama_dir, finetune_file, out, WITH_DROPOUT, deepspeed_configs["zero2"],
-                      env_extra={KILL_AFTER_ENV: "8"})
+                      env_extra=sigkill_after(8, "steps"))
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (out / "checkpoints.json").exists()
     assert json.loads((out / "train_state" / "resume.json").read_text())["step"] == 7  # the last save before step 8
@@ -152,7 +151,7 @@ def test_two_ranks_zero3_killed_and_resumed_equal_one_rank(reference, tiny_llama
     out = tmp_path / "out"
     run = dict(launcher=deepspeed_configs["torchrun"], timeout=400)
     killed = finetune(cli, tiny_llama_dir, finetune_file, out, NO_DROPOUT, deepspeed_configs["zero3"],
-                      env_extra={KILL_AFTER_ENV: "8"}, **run)
+                      env_extra=sigkill_after(8, "steps"), **run)
     assert killed.returncode != 0 and not (out / "checkpoints.json").exists()
     resumed = finetune(cli, tiny_llama_dir, finetune_file, out, NO_DROPOUT, deepspeed_configs["zero3"], **run)
     assert resumed.returncode == 0, resumed.stderr

@@ -1,9 +1,7 @@
 """Host-side chunk buffers and a writer thread, so that row chunks are written while the next one computes."""
 from __future__ import annotations
 
-import os
 import queue
-import signal
 import threading
 from dataclasses import dataclass
 
@@ -14,8 +12,6 @@ from repgeom.store.writing import GroupWriter
 
 # zarr has no bfloat16; bf16 values travel as their raw 16 bits (int16 in torch, uint16 in the store).
 TORCH_STORAGE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.int16}
-# Test-only: the process SIGKILLs itself once this many row chunks are marked done (see tests/extract).
-KILL_AFTER_ENV = "REPGEOM_TEST_SIGKILL_AFTER_CHUNKS"
 
 
 def to_storage(values: torch.Tensor, store_dtype: str) -> torch.Tensor:
@@ -68,8 +64,6 @@ class AsyncChunkWriter:
             self.free.put(buffer)
         self.filled: queue.Queue[FilledChunk | None] = queue.Queue()
         self.error: BaseException | None = None
-        self.written = 0
-        self.kill_after = int(os.environ.get(KILL_AFTER_ENV, "0"))
         self.thread = threading.Thread(target=self._run, name="chunk-writer", daemon=True)
         self.thread.start()
 
@@ -119,6 +113,3 @@ class AsyncChunkWriter:
         self.group.write_chunk(filled.chunk, np.ascontiguousarray(reps.transpose(1, 0, 2)),
                                buffer.letter_logprob[:n_rows].numpy()[chunk_order],
                                buffer.argmax_token[:n_rows].numpy()[chunk_order], sample)
-        self.written += 1
-        if self.kill_after and self.written >= self.kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)

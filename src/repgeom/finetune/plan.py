@@ -1,5 +1,5 @@
 """Pure functions of (rows, params, ranks): steps, learning rate, checkpoint steps, and which rows each rank trains on
-at each step. The workflow calls `checkpoint_names` at parse time, before anything is trained."""
+at each step. The workflow calls `checkpoint_steps` at parse time, before anything is trained."""
 from __future__ import annotations
 
 import math
@@ -51,11 +51,6 @@ def checkpoint_steps(n_rows: int, params: dict | FinetuneParams) -> dict[str, in
     names = {f"step{step}": int(step) for step in log_spaced}
     names.update({f"epoch{epoch}": epoch * per_epoch for epoch in range(1, params.epochs + 1)})
     return names
-
-
-def checkpoint_names(n_rows: int, params: dict | FinetuneParams) -> list[str]:
-    """The adapter folders a run of `n_rows` rows writes, e.g. ["step1", "step2", ..., "epoch1", ...]."""
-    return list(checkpoint_steps(n_rows, params))
 
 
 # Independent random streams of one seed.

@@ -20,9 +20,7 @@ import datetime
 import hashlib
 import json
 import logging
-import os
 import shutil
-import signal
 import time
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
@@ -44,8 +42,6 @@ from repgeom.shipped import read_deepspeed_config
 
 log = logging.getLogger("repgeom.finetune")
 
-# Test-only: every rank SIGKILLs itself once this many optimizer steps are done (see tests/finetune).
-KILL_AFTER_ENV = "REPGEOM_TEST_SIGKILL_AFTER_STEP"
 # The batch sizes DeepSpeed needs, filled from the params at launch.
 BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
 # Ranks meet at every step; one waiting for another's checkpoint write should not time out.
@@ -207,7 +203,6 @@ class FinetuneJob:
         self._trim_log(info, start)
         saves = checkpoint_steps(len(encoded), self.params)
         per_epoch = steps_per_epoch(len(encoded), self.params.effective_batch)
-        kill_after = int(os.environ.get(KILL_AFTER_ENV, "0"))
         for step in range(start + 1, n_steps + 1):  # 1-based: optimizer steps done once this one is
             record = {"step": step, "epoch": (step - 1) // per_epoch + 1,
                       **self._step(engine, info, device, encoded, pad_id, step - 1, ds_config)}
@@ -215,8 +210,6 @@ class FinetuneJob:
             names = [name for name, at in saves.items() if at == step]
             if names:
                 self._save(engine, info, names, step, run_config, zero3)
-            if step == kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
         if info.is_main:
             write_json(saves, self.out / "checkpoints.json")
             shutil.rmtree(self.state_dir, ignore_errors=True)  # only a killed run needs it

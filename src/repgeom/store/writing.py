@@ -298,9 +298,6 @@ class GroupWriter:
         for chunk in chunks:
             self.done[int(chunk)] = 0  # the fill value: zarr deletes that mark's chunk file
 
-    def predictions(self) -> tuple[np.ndarray, np.ndarray]:
-        return read_array(self.letter_logprob), read_array(self.argmax_token)
-
     def mark_complete(self, attrs: dict) -> None:
         done = self.done_chunks()
         if not done.all():

@@ -1,5 +1,5 @@
 """`python -m repgeom.launch`: the command it builds for 0, 1 and several GPUs, in and out of Slurm, and a real
-2-rank torchrun on the CPU (the cluster test in test_slurm.py runs it under Slurm)."""
+2-rank torchrun on the CPU (the cluster test in tests/slurm/test_slurm.py runs it under Slurm)."""
 from __future__ import annotations
 
 import os
