@@ -51,3 +51,4 @@ rule all:
             model=MODELS,
             shots=sorted({k for ks in config["variants"].values() for k in ks}),
         ),
+        model_comparison=COMPARISON_FIGURES,

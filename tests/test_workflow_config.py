@@ -44,7 +44,7 @@ def test_config_errors_name_nested_keys():
     config["dataset"]["id"] = "cais/mmlu"
     assert config_errors(config, ROOT / "config/schema.yaml") == [
         "dataset: give exactly one of generate / path / id",
-        "extraction.hook: 'attention' is not one of ['block_input_norm', 'residual']",
+        "extraction.hook: 'attention' is not one of ['block_input_norm', 'post_attention_norm', 'residual']",
         "models.tiny-llama.build.architecture.num_layers: 'four' is not of type 'integer'",
     ]
 

@@ -16,10 +16,11 @@ REPORT = ROOT / "workflow" / "report"
 CONFIGS = ["config.yaml", "tiny.yaml", "paper_llama3_8b.yaml", "paper_llama3_70b.yaml"]
 
 
-def render(name: str, config: dict, **wildcards) -> str:
+def render(name: str, config: dict, params: dict | None = None, **wildcards) -> str:
     """Snakemake's own steps (snakemake/report/__init__.py): Jinja with these options, then rst -> HTML."""
     env = Environment(trim_blocks=True, lstrip_blocks=True)
-    snakemake = types.SimpleNamespace(config=config, wildcards=types.SimpleNamespace(**wildcards), params=None)
+    snakemake = types.SimpleNamespace(config=config, wildcards=types.SimpleNamespace(**wildcards),
+                                      params=types.SimpleNamespace(**(params or {})))
     text = env.from_string((REPORT / f"{name}.rst").read_text()).render(snakemake=snakemake, categories={},
                                                                          files={})
     # halt_level 2: a docutils warning (bad indentation, a broken inline markup) raises
@@ -39,7 +40,7 @@ def without_finetuning(config: dict) -> dict:
 
 
 def test_every_figure_has_a_caption():
-    assert {p.stem for p in REPORT.glob("*.rst")} == {*FIGURE_NAMES, "variants", "workflow"}
+    assert {p.stem for p in REPORT.glob("*.rst")} == {*FIGURE_NAMES, "variants", "workflow", "model_comparison"}
 
 
 @pytest.mark.parametrize("config_name", CONFIGS)
@@ -54,6 +55,9 @@ def test_captions_render_without_warnings(config_name, variant):
         assert model in html and "{{" not in html and "{%" not in html, name
     assert "shot" in render("variants", config, model=model, shots="5")
     assert "repgeom" in render("workflow", config)
+    comparison = render("model_comparison", config, {"models": [model, "other"], "conditions": ["0shot", "5shot"]})
+    assert f"{model}, other" in comparison and "0shot, 5shot" in comparison
+    assert f"({config['extraction']['hook']} hook)" in comparison
 
 
 def test_captions_state_the_settings():

@@ -11,10 +11,24 @@ PNG = b"\x89PNG\r\n\x1a\n"
 SETTINGS = json.dumps({"maxk": 100, "range_max": 64, "id_scale_index": 4, "local_id_neighbors": 64})
 
 
+def checkpoints_files(steps, folder) -> list[str]:
+    """`METHOD=FILE` per method, each FILE a training run's checkpoints.json ({checkpoint: step})."""
+    by_method = {}
+    for condition, step in steps.items():
+        method, checkpoint = condition.removeprefix("ft-").rsplit("-", 1)
+        by_method.setdefault(method, {})[checkpoint] = step
+    specs = []
+    for method, run in by_method.items():
+        (folder / f"{method}.json").write_text(json.dumps(run))
+        specs.append(f"{method}={folder / f'{method}.json'}")
+    return specs
+
+
 def figures_args(paths, out_dir, steps, *extra, model="m", settings=SETTINGS):
+    checkpoints = ["--checkpoints", *checkpoints_files(steps, paths["metrics"].parent)] if steps else []
     return ["figures", "--metrics", str(paths["metrics"]), "--overlap", str(paths["overlap"]),
-            "--accuracy", str(paths["accuracy"]), "--checkpoint-steps-json", json.dumps(steps),
-            "--settings-json", settings, "--model", model, "--out-dir", str(out_dir), *extra]
+            "--accuracy", str(paths["accuracy"]), *checkpoints, "--settings-json", settings, "--model", model,
+            "--out-dir", str(out_dir), *extra]
 
 
 def test_figures_writes_every_named_png_and_pdf(table_files, synthetic, tmp_path, caplog):
@@ -33,14 +47,10 @@ def test_figures_writes_every_named_png_and_pdf(table_files, synthetic, tmp_path
     assert "nothing to show" not in caplog.text
 
 
-def test_figures_steps_from_a_file_and_without_finetuning(table_files, synthetic, tmp_path, caplog):
+def test_figures_without_finetuning(table_files, synthetic, tmp_path, caplog):
     caplog.set_level("INFO")
-    steps = tmp_path / "steps.json"
-    steps.write_text(json.dumps(synthetic.STEPS))
-    out = tmp_path / "with-file"
-    args = figures_args(table_files, out, {}, "--conditions", *synthetic.BASE)
-    args[args.index("--checkpoint-steps-json") + 1] = str(steps)
-    assert main(args) == 0
+    out = tmp_path / "base-only"
+    assert main(figures_args(table_files, out, {}, "--conditions", *synthetic.BASE)) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{name}.png" for name in FIGURE_NAMES)
     assert "local_id_steps: nothing to show: model 'm' has no fine-tuned checkpoint" in caplog.text
     assert "data_overlap: nothing to show" in caplog.text and "ari: drawn" in caplog.text
@@ -75,9 +85,7 @@ def test_bad_input_names_the_file_and_what_is_missing(table_files, synthetic, tm
     ("--model", "nope", "all.parquet: the metric table has no rows for model 'nope' (it has: m, other)"),
     ("--settings-json", '{"maxk": 100, "bogus": 1}', "--settings-json: unknown analysis parameter(s) ['bogus']"),
     ("--settings-json", "{maxk: 1", "--settings-json: not valid JSON"),
-    ("--checkpoint-steps-json", '{"5shot": 3}', "'5shot' is not a fine-tuned condition"),
-    ("--checkpoint-steps-json", '{"ft-lora-step1": -1}', "the step of 'ft-lora-step1' must be an integer >= 0"),
-    ("--checkpoint-steps-json", "missing.json", "is neither a JSON object nor an existing JSON file"),
+    ("--checkpoints", "lora=missing.json", "is neither a JSON object nor an existing JSON file"),
     ("--conditions", "7shot", "all.parquet: the metric table has no rows for condition(s) 7shot of model 'm'"),
 ])
 def test_bad_options_are_one_line_errors(table_files, synthetic, tmp_path, caplog, option, value, message):
@@ -95,17 +103,12 @@ def test_steps_from_each_training_runs_checkpoints_file(synthetic, tmp_path):
     """The workflow hands each run's checkpoints.json ({checkpoint: step}); conditions are ft-{method}-{checkpoint}."""
     from repgeom.plots.inputs import InputError, steps_from_runs
 
-    by_method = {}
-    for condition, step in synthetic.STEPS.items():
-        method, checkpoint = condition.removeprefix("ft-").rsplit("-", 1)
-        by_method.setdefault(method, {})[checkpoint] = step
-    specs = []
-    for method, run in by_method.items():
-        (tmp_path / f"{method}.json").write_text(json.dumps(run))
-        specs.append(f"{method}={tmp_path / f'{method}.json'}")
-    assert steps_from_runs(specs) == synthetic.STEPS
+    assert steps_from_runs(checkpoints_files(synthetic.STEPS, tmp_path)) == synthetic.STEPS
     with pytest.raises(InputError, match="expected METHOD=PATH"):
         steps_from_runs(["lora"])
-    (tmp_path / "bad.json").write_text(json.dumps({"step1": -1}))
-    with pytest.raises(InputError, match="the step of 'ft-lora-step1' must be an integer >= 0"):
-        steps_from_runs([f"lora={tmp_path / 'bad.json'}"])
+    for run, message in (({"step1": -1}, "the step of 'ft-lora-step1' must be an integer >= 0"),
+                         ({"best": 3}, "condition 'ft-lora-best' is not"),
+                         ([1, 2], "expected a JSON object of checkpoint -> step, got list")):
+        (tmp_path / "bad.json").write_text(json.dumps(run))
+        with pytest.raises(InputError, match=message):
+            steps_from_runs([f"lora={tmp_path / 'bad.json'}"])

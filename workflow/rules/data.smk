@@ -23,6 +23,9 @@ if dataset_folder():
 checkpoint sample:
     input:
         dataset=dataset_folder() or [],
+        # An input, so that a changed mask re-runs the job and its record holds the mask's hash; the path is
+        # passed on as the config gives it.
+        subset_mask=config["sampling"].get("subset_mask", []),
     output:
         questions=f"{RESULTS}/data/questions.parquet",
         subset=f"{RESULTS}/data/analysis_subset.parquet",
@@ -49,7 +52,8 @@ checkpoint sample:
         " --max-per-subject {params.max_per_subject}"
         " --finetune-max-per-subject {params.finetune_max_per_subject}"
         " --seed {params.seed} {params.hold_out}"
-        " --questions-out {output.questions} --subset-out {output.subset} --finetune-out {output.finetune}"
+        + (" --subset-mask {input.subset_mask:q}" if "subset_mask" in config["sampling"] else "")
+        + " --questions-out {output.questions} --subset-out {output.subset} --finetune-out {output.finetune}"
         " > {log} 2>&1"
 
 

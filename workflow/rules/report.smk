@@ -1,5 +1,6 @@
-# Reporting: the accuracy table and the figures of each model (their captions: workflow/report/).
-from repgeom.plots import FIGURE_LABELS
+# Reporting: the accuracy table, the figures of each model and, with two or more models, the figures across
+# models (their captions: workflow/report/).
+from repgeom.plots import COMPARISON_LABELS, COMPARISON_NAMES, FIGURE_LABELS
 
 
 rule accuracy_table:
@@ -93,3 +94,64 @@ rule model_figures:
         " --accuracy {input.accuracy} --checkpoints {params.checkpoints}"
         " --settings-json {params.settings:q} --model {wildcards.model}"
         " --out-dir {params.out_dir} > {log} 2>&1"
+
+
+# Figures across models: `rule all` asks for these, none with a single model.
+COMPARISON_FIGURES = [f"{RESULTS}/figures/{name}.png" for name in COMPARISON_NAMES] if len(MODELS) > 1 else []
+# By default the fewest and the most shots and each fine-tuning method's last checkpoint.
+COMPARED_CONDITIONS = config.get("model_comparison", {}).get("conditions") or [
+    f"{k}shot" for k in sorted({min(config["shots"]), max(config["shots"])})
+] + [f"ft-{method}-last" for method in finetune_methods()]
+# A fine-tuned name's checkpoint is known once the data is sampled; its method now.
+_unknown_conditions = [
+    name
+    for name in COMPARED_CONDITIONS
+    if name not in CONDITIONS and not (name.startswith("ft-") and name.split("-")[1] in finetune_methods())
+]
+if COMPARISON_FIGURES and _unknown_conditions:
+    raise WorkflowError(
+        f"invalid config:\n  model_comparison.conditions: {', '.join(_unknown_conditions)} not made by this run "
+        f"(it makes {', '.join(CONDITIONS)}, and ft-{{method}}-{{checkpoint}} / ft-{{method}}-last for the "
+        f"fine-tuning methods: {', '.join(finetune_methods()) or 'none'})"
+    )
+
+if COMPARISON_FIGURES:
+
+    rule model_comparison:
+        input:
+            metrics=rules.run_metrics.output[0],
+            # Each model's training runs' {checkpoint: step}, for ft-{method}-last.
+            checkpoints=[path for model in MODELS for path in training_runs(model).values()],
+        output:
+            **{
+                name: report(
+                    f"{RESULTS}/figures/{name}.png",
+                    caption="../report/model_comparison.rst",
+                    category="Figures across models",
+                    labels={"figure": COMPARISON_LABELS[name]},
+                )
+                for name in COMPARISON_NAMES
+            },
+        params:
+            provenance=provenance("model_comparison", ['model_comparison', 'shots', 'finetune', 'analysis.params']),
+            models=MODELS,
+            conditions=COMPARED_CONDITIONS,
+            checkpoints=[
+                f"{model}:{method}={path}" for model in MODELS for method, path in sorted(training_runs(model).items())
+            ],
+            settings=as_json(config["analysis"]["params"]),
+            out_dir=lambda wc, output: Path(output[0]).parent,
+        threads: job_threads("plot")
+        resources:
+            **job_resources("plot"),
+        log:
+            f"{RESULTS}/logs/model_comparison.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/model_comparison.tsv"
+        conda:
+            "../envs/analysis.yaml"
+        shell:
+            f"{TRACKED} -- "
+            "python -m repgeom.plots compare-models --metrics {input.metrics} --models {params.models}"
+            " --conditions {params.conditions} --checkpoints {params.checkpoints}"
+            " --settings-json {params.settings:q} --out-dir {params.out_dir} > {log} 2>&1"

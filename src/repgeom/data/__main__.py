@@ -34,7 +34,7 @@ def cmd_generate(args) -> None:
 
 def cmd_sample(args) -> None:
     table = mmlu.load_dataset_table(json_option(args.dataset_json, "--dataset-json"))
-    subset = sampling.analysis_subset(table, args.max_per_subject, args.seed)
+    subset = sampling.analysis_subset(table, args.max_per_subject, args.seed, args.subset_mask)
     # Validation rows that `sampled_shots` may use as shots stay out of the fine-tuning set.
     held_out = variants.sampled_shots_pool_ids(table, args.seed) if args.hold_out_shot_pool else []
     finetune = sampling.finetune_set(table, args.finetune_max_per_subject, args.seed, exclude_ids=held_out)
@@ -43,8 +43,9 @@ def cmd_sample(args) -> None:
     write_parquet(finetune, args.finetune_out)
     counts = table.groupby("split").size().to_dict()
     log.info("dataset: %s rows per split, %d subjects", counts, table["subject"].nunique())
-    log.info("analysis subset: %d questions; fine-tuning set: %d rows (%d validation rows held out for "
-             "sampled_shots)", len(subset), len(finetune), len(held_out))
+    log.info("analysis subset: %d questions (%s); fine-tuning set: %d rows (%d validation rows held out for "
+             "sampled_shots)", len(subset), f"selected by {args.subset_mask}" if args.subset_mask else
+             f"at most {args.max_per_subject} per subject", len(finetune), len(held_out))
 
 
 def dev_rows_source(questions: str):
@@ -118,6 +119,9 @@ def main(argv=None) -> int:
     smp.add_argument("--max-per-subject", type=int, required=True)
     smp.add_argument("--finetune-max-per-subject", type=int, required=True)
     smp.add_argument("--seed", type=int, required=True)
+    smp.add_argument("--subset-mask", metavar="NPY",
+                     help="boolean .npy mask over the test split, in its order: the analysis subset is the rows it "
+                          "selects, instead of the seeded draw of --max-per-subject per subject")
     smp.add_argument("--hold-out-shot-pool", action="store_true",
                      help="keep the sampled_shots variant's validation rows out of the fine-tuning set")
     smp.add_argument("--questions-out", required=True)

@@ -2,8 +2,10 @@
 
 The blocks are the `nn.ModuleList` holding `num_hidden_layers` modules of one class. A probe forward pass then
 identifies, by the tensors that actually flow, each block's input norm (the first norm module applied to the
-block's input) and the final norm (the norm applied to the last block's output). This covers Llama, Mistral,
-Qwen2, Gemma and GPT-NeoX alike, with no table of attribute names.
+block's input), its post-attention norm (the norm applied to the residual stream after attention: its input is
+exactly the block's input plus the output of one of the block's direct submodules) and the final norm (the norm
+applied to the last block's output). This covers Llama, Mistral, Qwen2/3, Gemma and GPT-NeoX alike, with no table of
+attribute names.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from torch import nn
 
 from repgeom.errors import InputError
 
-HOOKS = ("block_input_norm", "residual")
+HOOKS = ("block_input_norm", "post_attention_norm", "residual")
 
 
 class UnsupportedArchitecture(InputError, RuntimeError):
@@ -62,8 +64,9 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 
 def find_hook_points(model: nn.Module, hook: str, probe_ids: torch.Tensor) -> list[HookPoint]:
-    """The L+1 stored layers: the input of each of the L blocks (`residual`) or its input norm's output
-    (`block_input_norm`), then the final norm's output. `probe_ids` [1, S] feed one forward pass."""
+    """The L+1 stored layers: for each of the L blocks its input (`residual`), its input norm's output
+    (`block_input_norm`) or its post-attention norm's output (`post_attention_norm`), then the final norm's output.
+    `probe_ids` [1, S] feed one forward pass."""
     if hook not in HOOKS:
         raise ValueError(f"unknown hook point {hook!r}; use one of {', '.join(HOOKS)}")
     base = unwrap(model)
@@ -72,9 +75,11 @@ def find_hook_points(model: nn.Module, hook: str, probe_ids: torch.Tensor) -> li
     inner_norms = [(name, m) for name, m in blocks[0].named_modules() if name and is_norm(m)]
     outer_norms = [(name, m) for name, m in base.named_modules() if is_norm(m) and id(m) not in block_modules]
 
-    # Inputs of each norm module on its first call, in call order, and the first/last block's input/output.
+    # Inputs of each norm module on its first call, in call order; outputs of the first block's direct submodules
+    # (its sublayers); and the first/last block's input/output.
     inner_inputs: dict[str, torch.Tensor] = {}
     outer_inputs: dict[str, torch.Tensor] = {}
+    sublayer_outputs: dict[str, torch.Tensor] = {}
     ends: dict[str, torch.Tensor] = {}
 
     def record(inputs: dict, name: str):
@@ -82,10 +87,16 @@ def find_hook_points(model: nn.Module, hook: str, probe_ids: torch.Tensor) -> li
             inputs.setdefault(name, block_input(args, kwargs))
         return pre_hook
 
+    def record_output(name: str):
+        def hook(module, args, output):
+            sublayer_outputs.setdefault(name, first_tensor(output))
+        return hook
+
     handles = [blocks[0].register_forward_pre_hook(record(ends, "block_input"), with_kwargs=True),
                blocks[-1].register_forward_hook(lambda m, a, out: ends.setdefault("block_output", first_tensor(out)))]
     handles += [m.register_forward_pre_hook(record(inner_inputs, name), with_kwargs=True) for name, m in inner_norms]
     handles += [m.register_forward_pre_hook(record(outer_inputs, name), with_kwargs=True) for name, m in outer_norms]
+    handles += [m.register_forward_hook(record_output(name)) for name, m in blocks[0].named_children()]
     try:
         with torch.no_grad():
             model(input_ids=probe_ids, attention_mask=torch.ones_like(probe_ids), use_cache=False)
@@ -101,22 +112,51 @@ def find_hook_points(model: nn.Module, hook: str, probe_ids: torch.Tensor) -> li
     final_point = HookPoint(f"{final}:output", base.get_submodule(final), reads_input=False)
     if hook == "residual":
         return [HookPoint(f"{blocks_name}.{i}:input", block, True) for i, block in enumerate(blocks)] + [final_point]
-    input_norm = _first_fed_by(inner_inputs, ends.get("block_input"))
-    if input_norm is None:
-        raise UnsupportedArchitecture(
-            f"{type(base).__name__}: its blocks apply no norm to their input (norms in a block: "
-            f"{[n for n, _ in inner_norms] or 'none'}), so hook 'block_input_norm' is undefined; use hook 'residual'")
-    return [HookPoint(f"{blocks_name}.{i}.{input_norm}:output", block.get_submodule(input_norm), False)
+    norms_in_block = [n for n, _ in inner_norms] or "none"
+    if hook == "block_input_norm":
+        norm = _first_fed_by(inner_inputs, ends.get("block_input"))
+        if norm is None:
+            raise UnsupportedArchitecture(
+                f"{type(base).__name__}: its blocks apply no norm to their input (norms in a block: "
+                f"{norms_in_block}), so hook 'block_input_norm' is undefined; use hook 'residual'")
+    else:
+        found = _fed_by_residual_sum(inner_inputs, sublayer_outputs, ends.get("block_input"))
+        if not found:
+            raise UnsupportedArchitecture(
+                f"{type(base).__name__}: no norm in its blocks receives the residual stream after attention (the "
+                f"block's input plus one sublayer's output; norms in a block: {norms_in_block}), so hook "
+                "'post_attention_norm' is undefined: blocks with parallel attention and MLP, norms only on the "
+                "sublayers' outputs, or a scaled residual add have none; use hook 'block_input_norm' or 'residual'")
+        if len(found) > 1:
+            raise UnsupportedArchitecture(
+                f"{type(base).__name__}: norms {found} of its blocks all receive the residual stream after "
+                "attention, so hook 'post_attention_norm' is ambiguous; use hook 'block_input_norm' or 'residual'")
+        norm = found[0]
+    return [HookPoint(f"{blocks_name}.{i}.{norm}:output", block.get_submodule(norm), False)
             for i, block in enumerate(blocks)] + [final_point]
+
+
+def _same_tensor(value, target) -> bool:
+    return (isinstance(value, torch.Tensor) and isinstance(target, torch.Tensor) and value.shape == target.shape
+            and torch.equal(value, target.to(value.device)))
 
 
 def _first_fed_by(inputs: dict[str, torch.Tensor], target: torch.Tensor | None) -> str | None:
     """The first module (in call order) whose input was exactly `target`."""
-    for name, value in inputs.items():
-        if (isinstance(value, torch.Tensor) and isinstance(target, torch.Tensor) and value.shape == target.shape
-                and torch.equal(value, target.to(value.device))):
-            return name
-    return None
+    return next((name for name, value in inputs.items() if _same_tensor(value, target)), None)
+
+
+def _fed_by_residual_sum(norm_inputs: dict[str, torch.Tensor], sublayer_outputs: dict[str, torch.Tensor],
+                         block_in: torch.Tensor | None) -> list[str]:
+    """The norms (in call order) whose input was exactly the block's input plus one sublayer's output: the residual
+    stream after attention (Llama's `post_attention_layernorm`, Gemma 2's `pre_feedforward_layernorm`). The block
+    adds the same two tensors itself, so the sum is bit-identical; a q/k norm inside attention, a norm of a
+    sublayer's output and the MLP's residual (its base is not the block's input) never match."""
+    if not isinstance(block_in, torch.Tensor):
+        return []
+    sums = [block_in + output.to(block_in.device) for output in sublayer_outputs.values()
+            if isinstance(output, torch.Tensor) and output.shape == block_in.shape]
+    return [name for name, value in norm_inputs.items() if any(_same_tensor(value, total) for total in sums)]
 
 
 class RowCapture:

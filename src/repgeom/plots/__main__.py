@@ -1,6 +1,7 @@
-"""Report stage entry point: `python -m repgeom.plots {accuracy-table,concat,variant-ari,figures} …`.
+"""Report stage entry point: `python -m repgeom.plots {accuracy-table,concat,variant-ari,figures,compare-models} …`.
 
-`accuracy-table` and `concat` write the report's tables (`repgeom.tables`); `variant-ari` and `figures` draw.
+`accuracy-table` and `concat` write the report's tables (`repgeom.tables`); `variant-ari`, `figures` and
+`compare-models` draw.
 
 `figures` writes one model's figure set into --out-dir, always the same files (`FIGURE_NAMES`):
 
@@ -13,12 +14,22 @@ saying "Nothing to show" and why. See `repgeom.plots.model_figures` for what eac
 
     python -m repgeom.plots figures --metrics results/metrics/all.parquet \
         --overlap results/metrics/overlap.parquet --accuracy results/tables/accuracy.csv \
-        --checkpoint-steps-json '{"ft-lora-step1": 1, "ft-lora-epoch1": 8}' \
+        --checkpoints lora=results/finetune/tiny-llama/lora/checkpoints.json \
         --settings-json '{"maxk": 100, "id_scale_index": 4}' --model tiny-llama \
         --out-dir results/figures/tiny-llama [--conditions 0shot 5shot …] [--pdf]
 
-Bad input (a missing file or column, an empty table, a model the tables do not hold, bad JSON) stops it with
-one line naming the file and what is missing, and exit status 1.
+`compare-models` writes the figures across models into --out-dir (`COMPARISON_NAMES`: `models_ari_subject.png`,
+`models_ari_letter.png`, `models_id_gride.png`): each metric against relative depth (layer / number of blocks), a
+panel per condition, a line per model; `ft-{method}-last` names a method's last checkpoint in each model:
+
+    python -m repgeom.plots compare-models --metrics results/metrics/all.parquet --models llama-8b qwen-7b \
+        --conditions 0shot 5shot ft-lora-last \
+        --checkpoints llama-8b:lora=results/finetune/llama-8b/lora/checkpoints.json \
+                      qwen-7b:lora=results/finetune/qwen-7b/lora/checkpoints.json \
+        --settings-json '{"id_scale_index": 4}' --out-dir results/figures [--pdf]
+
+Bad input (a missing file or column, an empty table, a model the tables do not hold, a condition a model lacks,
+bad JSON) stops either command with one line naming the file and what is missing, and exit status 1.
 """
 from __future__ import annotations
 
@@ -59,7 +70,7 @@ def cmd_variant_ari(args) -> None:
 
 
 def cmd_figures(args) -> None:
-    from repgeom.plots.model_figures import model_figures, write_figures
+    from repgeom.plots.model_figures import model_figures
     from repgeom.plots.inputs import (
         ACCURACY_COLUMNS,
         METRIC_COLUMNS,
@@ -67,13 +78,12 @@ def cmd_figures(args) -> None:
         check_conditions,
         check_model,
         parse_settings,
-        parse_steps,
         read_table,
         steps_from_runs,
     )
 
     params = parse_settings(args.settings_json)
-    steps = {**parse_steps(args.checkpoint_steps_json), **steps_from_runs(args.checkpoints)}
+    steps = steps_from_runs(args.checkpoints)
     tables = {}
     for key, path, columns, what, condition_columns in (
         ("metrics", args.metrics, METRIC_COLUMNS, "metric table", ["condition"]),
@@ -92,11 +102,44 @@ def cmd_figures(args) -> None:
                              f"of model {args.model!r}")
     figures = model_figures(tables["metrics"], tables["overlap"], tables["accuracy"], args.model, steps, params,
                             conditions=args.conditions or None)
+    write_logged(figures, args.out_dir, args.pdf)
+
+
+def cmd_compare_models(args) -> None:
+    from repgeom.plots.comparison import comparison_figures
+    from repgeom.plots.inputs import (
+        METRIC_COLUMNS,
+        check_conditions,
+        check_model,
+        parse_settings,
+        read_table,
+        steps_by_model,
+    )
+
+    params = parse_settings(args.settings_json)
+    steps = steps_by_model(args.checkpoints, args.models)
+    metrics = read_table(args.metrics, METRIC_COLUMNS, "metric table")
+    check_conditions(metrics, ["condition"], args.metrics, "metric table")
+    tables = {}
+    for model in args.models:
+        check_model(metrics, model, args.metrics, "metric table")
+        tables[model] = metrics[metrics["model"] == model]
+    try:
+        figures = comparison_figures(tables, args.conditions, steps, params)
+    except InputError as err:  # a condition a model lacks: say which table lacks it
+        raise InputError(f"{args.metrics}: {err}") from None
+    write_logged(figures, args.out_dir, args.pdf)
+
+
+def write_logged(figures: dict, out_dir: str, pdf: bool) -> None:
+    """Write the figures (`model_figures.write_figures`), logging which were drawn and which have nothing to show."""
+    from repgeom.plots.model_figures import write_figures
+
     for name, fig in figures.items():
         reason = getattr(fig, "nothing_to_show", None)
         log.info("%s: %s", name, f"nothing to show: {reason}" if reason else "drawn")
-    written = write_figures(figures, args.out_dir, pdf=args.pdf)
-    log.info("wrote %d files to %s", len(written), args.out_dir)
+    written = write_figures(figures, out_dir, pdf=pdf)
+    log.info("wrote %d files to %s", len(written), out_dir)
 
 
 @entry_point("repgeom.plots")
@@ -121,8 +164,6 @@ def main(argv=None) -> int:
     fig.add_argument("--metrics", required=True, help="merged metric table (metrics/all.parquet)")
     fig.add_argument("--overlap", required=True, help="merged overlap table (metrics/overlap.parquet)")
     fig.add_argument("--accuracy", required=True, help="accuracy table (tables/accuracy.csv)")
-    fig.add_argument("--checkpoint-steps-json", default="{}",
-                     help="JSON object (or a JSON file) fine-tuned condition -> optimizer step; {} without fine-tuning")
     fig.add_argument("--checkpoints", nargs="*", default=[], metavar="METHOD=FILE",
                      help="a training run's checkpoints.json ({checkpoint: step}) per fine-tuning method")
     fig.add_argument("--settings-json", required=True,
@@ -132,6 +173,19 @@ def main(argv=None) -> int:
     fig.add_argument("--out-dir", required=True)
     fig.add_argument("--pdf", action="store_true", help="write each figure as PDF too")
     fig.set_defaults(func=cmd_figures)
+    cmp = sub.add_parser("compare-models", help="the figures across models (COMPARISON_NAMES) as PNG, and PDF with "
+                                                "--pdf")
+    cmp.add_argument("--metrics", required=True, help="merged metric table (metrics/all.parquet)")
+    cmp.add_argument("--models", nargs="+", required=True, help="the models drawn, in this order (and colour)")
+    cmp.add_argument("--conditions", nargs="+", required=True,
+                     help="a panel each: conditions every model has, or ft-{method}-last (a method's last checkpoint)")
+    cmp.add_argument("--checkpoints", nargs="*", default=[], metavar="MODEL:METHOD=FILE",
+                     help="each model's training runs' checkpoints.json ({checkpoint: step}), for ft-{method}-last")
+    cmp.add_argument("--settings-json", required=True,
+                     help="analysis parameters as JSON (or a JSON file): the config's analysis.params")
+    cmp.add_argument("--out-dir", required=True)
+    cmp.add_argument("--pdf", action="store_true", help="write each figure as PDF too")
+    cmp.set_defaults(func=cmd_compare_models)
     args = parser.parse_args(argv)
     args.func(args)
     return 0

@@ -1,4 +1,4 @@
-"""Reading and checking the figure command's inputs: every problem is an `InputError` naming the file and what is
+"""Reading and checking the figure commands' inputs: every problem is an `InputError` naming the file and what is
 missing, so the command can stop with one line instead of a traceback."""
 from __future__ import annotations
 
@@ -64,23 +64,6 @@ def _json(text: str, option: str):
         raise InputError(f"{source}: not valid JSON: {err}") from None
 
 
-def parse_steps(text: str, option: str = "--checkpoint-steps-json") -> dict[str, int]:
-    """{"ft-{method}-{checkpoint}": optimizer step, …}; names must be fine-tuned conditions, steps integers >= 0."""
-    steps = _json(text, option)
-    if not isinstance(steps, dict):
-        raise InputError(f"{option}: expected a JSON object of condition -> step, got {type(steps).__name__}")
-    for name, step in steps.items():
-        try:
-            finetuned = parse_condition(name).is_finetuned
-        except ValueError as err:
-            raise InputError(f"{option}: {err}") from None
-        if not finetuned:
-            raise InputError(f"{option}: {name!r} is not a fine-tuned condition (ft-{{method}}-{{checkpoint}})")
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise InputError(f"{option}: the step of {name!r} must be an integer >= 0, got {step!r}")
-    return steps
-
-
 def parse_settings(text: str, option: str = "--settings-json") -> AnalysisParams:
     """The analysis parameters (config `analysis.params`; keys left out take the reference values)."""
     params = _json(text, option)
@@ -94,7 +77,7 @@ def parse_settings(text: str, option: str = "--settings-json") -> AnalysisParams
 
 def steps_from_runs(specs: list[str]) -> dict[str, int]:
     """`METHOD=FILE` per training run, FILE being its checkpoints.json ({checkpoint: step}): the steps of the
-    fine-tuned conditions `ft-{method}-{checkpoint}`."""
+    fine-tuned conditions `ft-{method}-{checkpoint}`, each an integer >= 0."""
     steps = {}
     for spec in specs:
         method, sep, path = spec.partition("=")
@@ -104,6 +87,25 @@ def steps_from_runs(specs: list[str]) -> dict[str, int]:
         run = _json(path, option)
         if not isinstance(run, dict):
             raise InputError(f"{option}: expected a JSON object of checkpoint -> step, got {type(run).__name__}")
-        renamed = {finetuned_condition(method, name): step for name, step in run.items()}
-        steps.update(parse_steps(json.dumps(renamed), option))
+        for checkpoint, step in run.items():
+            name = finetuned_condition(method, checkpoint)
+            try:
+                parse_condition(name)
+            except ValueError as err:
+                raise InputError(f"{option}: {err}") from None
+            if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+                raise InputError(f"{option}: the step of {name!r} must be an integer >= 0, got {step!r}")
+            steps[name] = step
     return steps
+
+
+def steps_by_model(specs: list[str], models: Sequence[str]) -> dict[str, dict[str, int]]:
+    """`MODEL:METHOD=FILE` per model and training run: each model's fine-tuned conditions' steps (`steps_from_runs`)."""
+    runs: dict[str, list[str]] = {model: [] for model in models}
+    for spec in specs:
+        model, sep, run = spec.partition(":")
+        if not sep or model not in runs:
+            raise InputError(f"--checkpoints {spec!r}: expected MODEL:METHOD=PATH/checkpoints.json with MODEL one of "
+                             f"--models ({', '.join(models)})")
+        runs[model].append(run)
+    return {model: steps_from_runs(model_runs) for model, model_runs in runs.items()}

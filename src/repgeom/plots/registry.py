@@ -1,10 +1,14 @@
-"""The per-model figure set, in one place: each figure's file name, its label in the Snakemake report, its title,
-and the function that draws it. Standard library only: the workflow imports this at parse time (through
+"""The figure sets, in one place. Standard library only: the workflow imports this at parse time (through
 `repgeom.plots`), before any plotting library is needed.
 
-A figure is added here (and drawn by the function `draw` names, in `repgeom.plots.model_figures` or a module of
-its own), plus its caption `workflow/report/{name}.rst`; the workflow's outputs, the report's labels and
-`python -m repgeom.plots figures` follow from this table.
+`FIGURES`, the per-model set: each figure's file name, its label in the Snakemake report, its title, and the
+function that draws it. A figure is added here (and drawn by the function `draw` names, in
+`repgeom.plots.model_figures` or a module of its own), plus its caption `workflow/report/{name}.rst`; the workflow's
+outputs, the report's labels and `python -m repgeom.plots figures` follow from this table.
+
+`COMPARISONS`, the figures across models (a run with two or more models): one per-layer metric each, drawn by
+`repgeom.plots.comparison` against relative depth, a line per model and a panel per compared condition. Another
+metric of the metric table is one more entry here; `workflow/report/model_comparison.rst` captions them all.
 """
 from __future__ import annotations
 
@@ -50,10 +54,39 @@ FIGURE_LABELS: dict[str, str] = {name: spec.label for name, spec in FIGURES.item
 FIGURE_TITLES: dict[str, str] = {name: spec.title for name, spec in FIGURES.items()}
 
 
+@dataclass(frozen=True)
+class ComparisonSpec:
+    name: str  # file stem: figures/{name}.png (and .pdf)
+    label: str  # the report's "figure" label
+    title: str  # the figure's heading
+    metric: str  # the per-layer metric drawn (the metric table's `metric` column)
+    ylabel: str
+    ylim: tuple[float, float] | None = None
+    at_gride_scale: bool = False  # a metric with several scales, drawn at n2 of analysis.params.id_scale_index
+    settings: str = ""  # the per-model figure whose settings line (`model_figures.settings_footer`) applies
+
+
+COMPARISONS: dict[str, ComparisonSpec] = {spec.name: spec for spec in (
+    ComparisonSpec("models_ari_subject", "ARI with subjects, across models",
+                   "ARI of the ADP clusters with subjects, across models", "ari_subject", "ARI with subjects",
+                   (-0.05, 1.05), settings="ari"),
+    ComparisonSpec("models_ari_letter", "ARI with answer letters, across models",
+                   "ARI of the ADP clusters with answer letters, across models", "ari_letter",
+                   "ARI with answer letters", (-0.05, 1.05), settings="ari"),
+    ComparisonSpec("models_id_gride", "intrinsic dimension, across models",
+                   "intrinsic dimension (Gride), across models", "id_gride", "intrinsic dimension (Gride)",
+                   at_gride_scale=True, settings="id_gride"),
+)}
+
+COMPARISON_NAMES: tuple[str, ...] = tuple(COMPARISONS)
+COMPARISON_LABELS: dict[str, str] = {name: spec.label for name, spec in COMPARISONS.items()}
+
+
 def drawer(name: str) -> Callable:
     """The function that draws figure `name` (imported on first use)."""
     module, _, function = FIGURES[name].draw.partition(":")
     return getattr(importlib.import_module(module), function)
 
 
-__all__ = ["FIGURES", "FIGURE_LABELS", "FIGURE_NAMES", "FIGURE_TITLES", "FigureSpec", "NoData", "drawer"]
+__all__ = ["COMPARISONS", "COMPARISON_LABELS", "COMPARISON_NAMES", "ComparisonSpec", "FIGURES", "FIGURE_LABELS",
+           "FIGURE_NAMES", "FIGURE_TITLES", "FigureSpec", "NoData", "drawer"]
