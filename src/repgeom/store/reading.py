@@ -108,8 +108,8 @@ def _layer_index(node: zarr.Group, layer: int, names: list[str]) -> int:
 def read_layer(store_path: str | Path, group: str, layer: int, dtype=np.float32) -> tuple[np.ndarray, pd.DataFrame]:
     """One layer's last-token representations [N, D] (as `dtype`) and the prompts' labels, row-aligned.
 
-    `layer` i < L is the representation entering block i (after its input norm for the `block_input_norm` hook);
-    layer L (or -1) is the final norm's output. The frame has question_id, subject, gold, pred, correct.
+    `layer` i < L is read in block i (the group's hook: its input, its input norm's output, or its post-attention
+    norm's output); layer L (or -1) is the final norm's output. The frame has question_id, subject, gold, pred, correct.
     """
     node = _open_complete(store_path, group)
     index = _layer_index(node, layer, node.attrs["layer_names"])
