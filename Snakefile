@@ -35,6 +35,7 @@ rule all:
     default_target: True
     input:
         accuracy_table=f"{RESULTS}/tables/accuracy.csv",
+        lens_table=f"{RESULTS}/tables/lens.csv",
         metrics=f"{RESULTS}/metrics/all.parquet",
         overlap=f"{RESULTS}/metrics/overlap.parquet",
         # Listed as well so that a dry run shows the whole DAG before the data is sampled (the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -93,6 +94,33 @@ def forward_reference(model, tokenizer, prompts: pd.DataFrame, hook: str, max_le
         rows = hidden if hook == "residual" else seen + hidden[-1:]
         results.append((torch.stack(rows).numpy(), torch.log_softmax(out.logits[0, -1], -1)[letters].numpy()))
     return results
+
+
+def lens_reference(model, tokenizer, prompts: pd.DataFrame, max_length: int = 512) -> np.ndarray:
+    """The logit lens on the answer letters by hand, per prompt, unbatched and unpadded: [N, L+1, 4], for i < L the
+    model's own final norm and LM head applied to `output_hidden_states[i]` (the residual stream entering block i) at
+    the last token, log-softmax over the vocabulary in float32; layer L the model's prediction."""
+    from repgeom.extract.batching import encode_prompts
+    from repgeom.models.loading import answer_letter_token_ids
+
+    letters = list(answer_letter_token_ids(tokenizer).values())
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = base.base_model  # LlamaModel, GPTNeoXModel, ...
+    norm = inner.norm if hasattr(inner, "norm") else inner.final_layer_norm
+    head = base.get_output_embeddings()
+    lens = []
+    for ids in encode_prompts(tokenizer, prompts["prompt"].tolist(), max_length):
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+            # hidden_states: the L blocks' inputs, then the final norm's output
+            logits = torch.cat([*(head(norm(hidden[:, -1])) for hidden in out.hidden_states[:-1]), out.logits[:, -1]])
+        lens.append(torch.log_softmax(logits.float(), dim=-1)[:, letters].numpy())
+    return np.stack(lens)
+
+
+@pytest.fixture(scope="session")
+def lens_by_hand():
+    return lens_reference
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """Extraction on the default's real model (SmolLM2-135M-Instruct, imported from its GGUF file) equals what the
-model's own modules compute: forward hooks on each block's input norm, and `output_hidden_states`."""
+model's own modules compute: forward hooks on each block's input norm, and `output_hidden_states` (through the final
+norm and the LM head, for the logit lens)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,6 +8,7 @@ import pandas as pd
 import pytest
 
 from repgeom.data import facts, mmlu, prompts
+from repgeom.store import read_letter_lens
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,8 @@ def fact_prompts(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("hook", ["block_input_norm", "residual"])
-def test_real_model_extraction_equals_its_modules(smollm2_dir, fact_prompts, tmp_path, extract, reference, hook):
+def test_real_model_extraction_equals_its_modules(smollm2_dir, fact_prompts, tmp_path, extract, reference, lens_by_hand,
+                                                  hook):
     from repgeom.models.loading import answer_letter_token_ids, load_model, load_tokenizer
 
     store, stored, accuracy = extract(smollm2_dir, fact_prompts, tmp_path, hook=hook, chunk_rows=3)
@@ -42,3 +45,5 @@ def test_real_model_extraction_equals_its_modules(smollm2_dir, fact_prompts, tmp
     letters = {"A": 0, "B": 1, "C": 2, "D": 3}
     predicted = [letters[p] for p in accuracy["pred_letter"]]
     assert predicted == [int(np.argmax(logprob)) for _, logprob in expected]
+    lens = lens_by_hand(model, tokenizer, pd.read_parquet(fact_prompts))
+    np.testing.assert_allclose(read_letter_lens(store, "m/c")[0], lens, rtol=1e-4, atol=1e-4)

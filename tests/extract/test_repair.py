@@ -16,7 +16,8 @@ SETTINGS = dict(chunk_rows=5, max_batch_tokens=200, token_sample_layers=[1], tok
 OLD = 10**18  # nanoseconds: a file time no write in this test can produce
 # Row chunk of a chunk file of the group, by array: reps/c/{layer}/{row chunk}/0, letter_logprob/c/{row chunk}/0, ...
 ROW_CHUNK = re.compile(r"^(?:reps/c/\d+/(\d+)/0|letter_logprob/c/(\d+)/0|argmax_token/c/(\d+)|chunk_done/c/(\d+)"
-                       r"|chunk_sha256/c/(\d+)/0/0|token_sample/reps/c/\d+/(\d+)/0/0)$")
+                       r"|letter_logprob_layers/c/(\d+)/0/0|chunk_sha256/c/(\d+)/0/0"
+                       r"|token_sample/reps/c/\d+/(\d+)/0/0)$")
 
 
 def run(model, prompts, store):

@@ -1,6 +1,7 @@
 """Stored representations equal a plain per-prompt forward pass: `output_hidden_states` for the residual stream, a
-forward hook on each block's input norm for `block_input_norm`; for several architectures, under length-sorted
-batches with padding on either side, and under left truncation."""
+forward hook on each block's input norm for `block_input_norm`, and the logit lens the final norm and LM head applied
+to `output_hidden_states`; for several architectures, under length-sorted batches with padding on either side, and
+under left truncation."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from repgeom.extract.hooks import UnsupportedArchitecture, find_hook_points
 from repgeom.models.loading import load_tokenizer
-from repgeom.store import group_attrs, read_layer
+from repgeom.store import group_attrs, read_layer, read_letter_lens
 
 ATOL = 2e-5
 
@@ -24,24 +25,29 @@ def last_token_reference(reference, model_dir, prompts, hook, max_length=512):
 @pytest.mark.parametrize(("arch", "hook"), [(arch, "block_input_norm") for arch in ("llama", "gpt_neox", "qwen2",
                                                                                     "gemma", "mistral")]
                          + [(arch, "residual") for arch in ("llama", "gpt_neox", "gemma")])
-def test_matches_plain_forward(arch, hook, model_dirs, prompts_file, tmp_path, reference, extract):
+def test_matches_plain_forward(arch, hook, model_dirs, prompts_file, tmp_path, reference, extract, lens_by_hand):
     store, stored, accuracy = extract(model_dirs[arch], prompts_file, tmp_path, hook=hook)
     expected, logprobs = last_token_reference(reference, model_dirs[arch], pd.read_parquet(prompts_file), hook)
     assert stored.shape == expected.shape == (24, 3, 32 if arch != "llama" else 64)
     np.testing.assert_allclose(stored, expected, atol=ATOL, rtol=1e-4)
     np.testing.assert_allclose(accuracy[[f"logprob_{x}" for x in "ABCD"]].to_numpy(), logprobs, atol=1e-4)
+    model = AutoModelForCausalLM.from_pretrained(model_dirs[arch]).eval()
+    lens = lens_by_hand(model, load_tokenizer(str(model_dirs[arch])), pd.read_parquet(prompts_file))
+    np.testing.assert_allclose(read_letter_lens(store, "m/c")[0], lens, atol=1e-4, rtol=1e-4)
     names = group_attrs(store, "m/c")["layer_names"]
     assert names[-1].endswith("norm:output") and len(names) == 3
     assert all(("input_layernorm" in n) == (hook == "block_input_norm") for n in names[:-1])
 
 
-def test_left_padding_and_truncation(model_dirs, prompts_file, tmp_path, reference, extract):
+def test_left_padding_and_truncation(model_dirs, prompts_file, tmp_path, reference, extract, lens_by_hand):
     prompts = pd.read_parquet(prompts_file)
-    _, stored, _ = extract(model_dirs["llama"], prompts_file, tmp_path, padding_side="left", max_length=48)
+    store, stored, _ = extract(model_dirs["llama"], prompts_file, tmp_path, padding_side="left", max_length=48)
     expected, _ = last_token_reference(reference, model_dirs["llama"], prompts, "block_input_norm", max_length=48)
     tokenizer = load_tokenizer(str(model_dirs["llama"]))
     assert max(len(ids) for ids in tokenizer(prompts["prompt"].tolist())["input_ids"]) > 48  # some are truncated
     np.testing.assert_allclose(stored, expected, atol=ATOL, rtol=1e-4)
+    lens = lens_by_hand(AutoModelForCausalLM.from_pretrained(model_dirs["llama"]).eval(), tokenizer, prompts, 48)
+    np.testing.assert_allclose(read_letter_lens(store, "m/c")[0], lens, atol=1e-4, rtol=1e-4)
 
 
 def test_read_layer_frame_and_accuracy(model_dirs, prompts_file, tmp_path, extract):

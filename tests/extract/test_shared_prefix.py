@@ -1,5 +1,5 @@
 """Prompts that share their header and shots compute them once and continue from the key/value cache: the stored
-rows, letter log-probabilities and token sample equal whole-prompt passes (float32, up to rounding)."""
+rows, letter log-probabilities, logit lens and token sample equal whole-prompt passes (float32, up to rounding)."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from repgeom.store import read_token_sample
+from repgeom.store import read_letter_lens, read_token_sample
 
 SUBJECTS = ["high_school_biology", "abstract_algebra", "world_religions"]
 
@@ -52,6 +52,8 @@ def assert_same_extraction(shared, whole):
     assert letter_columns
     np.testing.assert_allclose(accuracy[letter_columns], whole_accuracy[letter_columns], rtol=1e-5, atol=1e-5)
     assert accuracy["pred_letter"].tolist() == whole_accuracy["pred_letter"].tolist()
+    np.testing.assert_allclose(read_letter_lens(store, "m/c")[0], read_letter_lens(whole_store, "m/c")[0], rtol=1e-5,
+                               atol=1e-5)
     for layer in (0, 2):
         (sample, where), (whole_sample, whole_where) = (read_token_sample(s, "m/c", layer) for s in (store, whole_store))
         assert sample.shape == (150, stored.shape[2])
@@ -61,7 +63,7 @@ def assert_same_extraction(shared, whole):
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_shared_prefixes_store_what_whole_prompts_give(tiny_llama_dir, few_shot_prompts, tmp_path, extract, reference,
-                                                       caplog, padding_side):
+                                                       lens_by_hand, caplog, padding_side):
     from repgeom.models.loading import load_model, load_tokenizer
 
     shared, whole = extract_both(extract, tiny_llama_dir, few_shot_prompts, tmp_path, caplog,
@@ -71,6 +73,8 @@ def test_shared_prefixes_store_what_whole_prompts_give(tiny_llama_dir, few_shot_
     prompts = pd.read_parquet(few_shot_prompts)
     for row, (layers, _) in enumerate(reference(model, tokenizer, prompts.head(4), "block_input_norm")):
         np.testing.assert_allclose(shared[1][row], layers[:, -1], rtol=1e-4, atol=1e-4)
+    lens = read_letter_lens(shared[0], "m/c")[0]
+    np.testing.assert_allclose(lens[:4], lens_by_hand(model, tokenizer, prompts.head(4)), rtol=1e-4, atol=1e-4)
 
 
 def test_shared_prefixes_under_a_lora_adapter(tiny_llama_dir, lora_dir, few_shot_prompts, tmp_path, extract, caplog):

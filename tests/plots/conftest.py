@@ -1,6 +1,7 @@
 """Synthetic merged tables for the figure tests: one model with 0/1/2/5-shot, a 5-shot control and a LoRA run of
 32 steps (4 epochs of 8) saved at steps 1, 2, 3, 5, 8, 13, 20, 32 and at each epoch end, over 5 layers; layer 0
-is degenerate (NaN, as a layer where every prompt ends in the same token)."""
+is degenerate (NaN, as a layer where every prompt ends in the same token) in the metric tables, not in the logit
+lens."""
 from __future__ import annotations
 
 import itertools
@@ -76,6 +77,23 @@ def accuracy_rows(model=MODEL, conditions=CONDITIONS):
                           "macro_argmax": 0.19 + 0.5 * _level(c)} for c in conditions])
 
 
+def lens_rows(model=MODEL, conditions=CONDITIONS, n_layers=N_LAYERS):
+    """The lens table (`repgeom.tables.lens_table`): chance at layer 0, rising with depth, shots and steps."""
+    rows = []
+    for condition, layer in itertools.product(conditions, range(n_layers)):
+        level, depth = _level(condition), layer / (n_layers - 1)
+        rows.append({"model": model, "condition": condition, "layer": layer, "n": 600,
+                     "accuracy": 0.25 + 0.7 * level * depth ** 2, "gold_prob": 0.25 + 0.6 * level * depth ** 3,
+                     "gold_prob_full": 0.5 * level * depth ** 4})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def lens():
+    """The lens table of the synthetic model plus a second model that the figures must ignore."""
+    return pd.concat([lens_rows(), lens_rows(model="other", conditions=BASE)], ignore_index=True)
+
+
 @pytest.fixture
 def tables():
     """metrics, overlap, accuracy: the synthetic model plus a second model that the figures must ignore."""
@@ -85,13 +103,14 @@ def tables():
 
 
 @pytest.fixture
-def table_files(tables, tmp_path):
+def table_files(tables, lens, tmp_path):
     metrics, overlap, accuracy = tables
     paths = {"metrics": tmp_path / "all.parquet", "overlap": tmp_path / "overlap.parquet",
-             "accuracy": tmp_path / "accuracy.csv"}
+             "accuracy": tmp_path / "accuracy.csv", "lens": tmp_path / "lens.csv"}
     metrics.to_parquet(paths["metrics"], index=False)
     overlap.to_parquet(paths["overlap"], index=False)
     accuracy.to_csv(paths["accuracy"], index=False)
+    lens.to_csv(paths["lens"], index=False)
     return paths
 
 
@@ -101,5 +120,6 @@ def synthetic():
     import types
 
     return types.SimpleNamespace(
-        metric_rows=metric_rows, overlap_rows=overlap_rows, accuracy_rows=accuracy_rows, MODEL=MODEL, BASE=BASE,
+        metric_rows=metric_rows, overlap_rows=overlap_rows, accuracy_rows=accuracy_rows, lens_rows=lens_rows,
+        MODEL=MODEL, BASE=BASE,
         CONTROLS=CONTROLS, FINETUNED=FINETUNED, CONDITIONS=CONDITIONS, STEPS=STEPS, N_LAYERS=N_LAYERS)

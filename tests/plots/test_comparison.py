@@ -13,15 +13,23 @@ from repgeom.errors import InputError
 from repgeom.plots import COMPARISON_NAMES
 from repgeom.plots.__main__ import main
 from repgeom.plots.comparison import comparison_figures
+from repgeom.tables import LENS_TABLE_COLUMNS, with_lens_metrics
 
 WANTED = ["0shot", "5shot", "ft-lora-last"]
 SETTINGS = '{"id_scale_index": 4}'
 
 
+def model_rows(synthetic, model, n_layers, conditions=None):
+    """A model's metric rows with its logit lens's (as `compare-models` joins them)."""
+    conditions = conditions or synthetic.CONDITIONS
+    return with_lens_metrics(synthetic.metric_rows(model=model, n_layers=n_layers, conditions=conditions),
+                             synthetic.lens_rows(model=model, n_layers=n_layers, conditions=conditions))
+
+
 @pytest.fixture
 def two_models(synthetic):
     """model 'a' with 4 blocks (5 stored layers) and model 'b' with 8 blocks (9 stored layers)."""
-    return {"a": synthetic.metric_rows(model="a", n_layers=5), "b": synthetic.metric_rows(model="b", n_layers=9)}
+    return {"a": model_rows(synthetic, "a", 5), "b": model_rows(synthetic, "b", 9)}
 
 
 def test_models_share_the_relative_depth_axis(two_models, synthetic):
@@ -43,6 +51,11 @@ def test_models_share_the_relative_depth_axis(two_models, synthetic):
     a, b = figures["models_id_gride"].axes[2].containers  # with the standard error
     assert b.get_label() == "b (L = 8)"
     np.testing.assert_allclose(np.asarray(b.lines[0].get_ydata(), float), expected["value"].to_numpy(float)[1:])
+    # The logit lens has a value at layer 0 too.
+    a, b = figures["models_lens_accuracy"].axes[1].get_lines()
+    np.testing.assert_allclose(b.get_xdata(), np.arange(9) / 8)
+    lens = rows[(rows["metric"] == "lens_accuracy") & (rows["condition"] == "5shot")].sort_values("layer")
+    np.testing.assert_allclose(b.get_ydata(), lens["value"])
 
 
 @pytest.mark.parametrize(("b_conditions", "message"), [
@@ -51,18 +64,22 @@ def test_models_share_the_relative_depth_axis(two_models, synthetic):
     (["0shot", "5shot"], "model 'b' has no checkpoint of method 'lora' to compare"),
 ])
 def test_a_condition_one_model_lacks_is_named(two_models, synthetic, b_conditions, message):
-    two_models["b"] = synthetic.metric_rows(model="b", conditions=b_conditions, n_layers=9)
+    two_models["b"] = model_rows(synthetic, "b", 9, b_conditions)
     with pytest.raises(InputError, match=re.escape(message)):
         comparison_figures(two_models, WANTED, {"a": synthetic.STEPS, "b": synthetic.STEPS})
 
 
-def test_compare_models_command(two_models, synthetic, tmp_path, caplog):
+def test_compare_models_command(synthetic, tmp_path, caplog):
     caplog.set_level("INFO")
-    metrics = tmp_path / "all.parquet"
-    pd.concat(two_models.values(), ignore_index=True).to_parquet(metrics)
+    metrics, lens = tmp_path / "all.parquet", tmp_path / "lens.csv"
+    pd.concat([synthetic.metric_rows(model="a"), synthetic.metric_rows(model="b", n_layers=9)],
+              ignore_index=True).to_parquet(metrics)
+    pd.concat([synthetic.lens_rows(model="a"), synthetic.lens_rows(model="b", n_layers=9)],
+              ignore_index=True).to_csv(lens, index=False)
     checkpoints = tmp_path / "checkpoints.json"
     checkpoints.write_text(pd.Series({c.removeprefix("ft-lora-"): s for c, s in synthetic.STEPS.items()}).to_json())
-    args = ["compare-models", "--metrics", str(metrics), "--models", "b", "a", "--conditions", *WANTED,
+    args = ["compare-models", "--metrics", str(metrics), "--lens", str(lens), "--models", "b", "a",
+            "--conditions", *WANTED,
             "--checkpoints", f"a:lora={checkpoints}", f"b:lora={checkpoints}", "--settings-json", SETTINGS,
             "--out-dir", str(tmp_path / "figures")]
     assert main(args) == 0
@@ -74,6 +91,13 @@ def test_compare_models_command(two_models, synthetic, tmp_path, caplog):
     assert main([*args, "--checkpoints", f"c:lora={checkpoints}"]) == 1
     assert "--checkpoints 'c:lora=" in caplog.text and "MODEL one of --models (b, a)" in caplog.text
     assert not (tmp_path / "bad").exists()
+
+    # Groups extracted before the logit lens was kept: an empty lens table, the other figures as before.
+    caplog.clear()
+    pd.DataFrame(columns=list(LENS_TABLE_COLUMNS)).to_csv(lens, index=False)
+    assert main([*args[:-1], str(tmp_path / "no-lens")]) == 0
+    assert "models_lens_accuracy: nothing to show: no model has finite lens_accuracy values" in caplog.text
+    assert "models_ari_subject: drawn" in caplog.text
 
 
 def two_model_config(tmp_path, **comparison):

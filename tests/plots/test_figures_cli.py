@@ -27,8 +27,8 @@ def checkpoints_files(steps, folder) -> list[str]:
 def figures_args(paths, out_dir, steps, *extra, model="m", settings=SETTINGS):
     checkpoints = ["--checkpoints", *checkpoints_files(steps, paths["metrics"].parent)] if steps else []
     return ["figures", "--metrics", str(paths["metrics"]), "--overlap", str(paths["overlap"]),
-            "--accuracy", str(paths["accuracy"]), *checkpoints, "--settings-json", settings, "--model", model,
-            "--out-dir", str(out_dir), *extra]
+            "--accuracy", str(paths["accuracy"]), "--lens", str(paths["lens"]), *checkpoints, "--settings-json",
+            settings, "--model", model, "--out-dir", str(out_dir), *extra]
 
 
 def test_figures_writes_every_named_png_and_pdf(table_files, synthetic, tmp_path, caplog):
@@ -57,6 +57,17 @@ def test_figures_without_finetuning(table_files, synthetic, tmp_path, caplog):
     assert (out / "local_id_steps.png").stat().st_size > 5_000
 
 
+def test_a_lens_table_without_rows_leaves_only_the_lens_figure_empty(table_files, synthetic, tmp_path, caplog):
+    """Groups extracted before the logit lens was kept give lens files, and a lens table, without rows."""
+    caplog.set_level("INFO")
+    pd.read_csv(table_files["lens"]).iloc[:0].to_csv(table_files["lens"], index=False)
+    out = tmp_path / "figures"
+    assert main(figures_args(table_files, out, synthetic.STEPS)) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{name}.png" for name in FIGURE_NAMES)
+    assert "logit_lens: nothing to show: the lens table has no rows for model 'm'" in caplog.text
+    assert "ari: drawn" in caplog.text and "probe: drawn" in caplog.text
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda p: pd.read_parquet(p["metrics"]).drop(columns="scale").to_parquet(p["metrics"]),
      "all.parquet: the metric table lacks column(s) scale"),
@@ -70,6 +81,10 @@ def test_figures_without_finetuning(table_files, synthetic, tmp_path, caplog):
     (lambda p: p["overlap"].unlink(), "overlap.parquet: overlap table not found"),
     (lambda p: pd.read_parquet(p["metrics"]).replace({"condition": {"1shot": "one shot"}}).to_parquet(p["metrics"]),
      "all.parquet: the metric table's column condition: condition 'one shot' is not"),
+    (lambda p: pd.read_csv(p["lens"]).drop(columns="gold_prob").to_csv(p["lens"], index=False),
+     "lens.csv: the lens table lacks column(s) gold_prob"),
+    (lambda p: pd.read_csv(p["lens"]).replace({"condition": {"1shot": "one shot"}}).to_csv(p["lens"], index=False),
+     "lens.csv: the lens table's column condition: condition 'one shot' is not"),
 ])
 def test_bad_input_names_the_file_and_what_is_missing(table_files, synthetic, tmp_path, caplog, capsys, change,
                                                       message):

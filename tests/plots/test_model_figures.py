@@ -12,6 +12,7 @@ from repgeom.plots.model_figures import (
     plot_id_gride,
     plot_label_overlap,
     plot_local_id_steps,
+    plot_logit_lens,
     plot_n_clusters,
     plot_probe,
     settings_footer,
@@ -74,6 +75,29 @@ def test_layerwise_figures_label_axes_and_list_the_shown_conditions(name, tables
         assert_readable(fig)
     finally:
         plt.close(fig)
+
+
+def test_logit_lens_beside_the_letter_ari(tables, lens, synthetic):
+    fig = plot_logit_lens(tables[0], lens, "m", steps=synthetic.STEPS,
+                          footer=settings_footer("logit_lens", AnalysisParams()))
+    try:
+        accuracy, probability, ari = fig.axes
+        assert legend_conditions(fig) == SHOWN
+        assert all(ax.get_xlabel().startswith("layer") for ax in fig.axes)
+        assert "A–D" in accuracy.get_ylabel() and "A–D" in probability.get_ylabel() and "ARI" in ari.get_ylabel()
+        rows = lens[(lens.model == "m") & (lens.condition == "5shot")].sort_values("layer")
+        for ax, column in ((accuracy, "accuracy"), (probability, "gold_prob")):
+            line = next(line for line in ax.lines if line.get_label() == "5shot")
+            assert list(line.get_xdata()) == [0, 1, 2, 3, 4]  # the lens has layer 0, where the ARI has no value
+            np.testing.assert_allclose(line.get_ydata(), rows[column])
+        assert list(next(line for line in ari.lines if line.get_label() == "5shot").get_xdata()) == [1, 2, 3, 4]
+        footer = fig._supxlabel.get_text().replace("\n", " ")
+        assert "renormalised over A-D" in footer and "ADP clustering" in footer
+        assert_readable(fig)
+    finally:
+        plt.close(fig)
+    with pytest.raises(NoData, match="the lens table has no rows for model 'm'"):
+        plot_logit_lens(tables[0], lens[lens.model != "m"], "m")
 
 
 def test_id_uses_the_configured_gride_scale_with_error_bars(tables, synthetic):
@@ -156,6 +180,7 @@ def test_model_figures_say_why_when_there_is_nothing_to_show(synthetic):
         assert "no fine-tuned condition" in empty["data_overlap"]
         assert "no fine-tuned checkpoint" in empty["local_id_steps"]
         assert "probe_subject / probe_letter" in empty["probe"]
+        assert "no lens table was given" in empty["logit_lens"]
         assert {name for name, reason in empty.items() if reason is None} == {
             "id_gride", "n_clusters", "ari", "label_overlap", "accuracy_table"}
         assert legend_conditions(figures["ari"]) == synthetic.BASE  # the control is left out

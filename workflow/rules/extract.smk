@@ -3,7 +3,8 @@ rule extract:
         unpack(extract_inputs),
     output:
         # The zarr group is written in place and left undeclared, so that a killed job resumes
-        # from its completed chunks instead of Snakemake deleting them; this table comes last.
+        # from its completed chunks instead of Snakemake deleting them; the accuracy table comes last.
+        lens=f"{RESULTS}/extract/{{model}}/{{condition}}.lens.parquet",
         accuracy=f"{RESULTS}/extract/{{model}}/{{condition}}.accuracy.parquet",
     params:
         provenance=provenance("extract", ['extraction', 'models.{model}'], ['sampling.seed']),
@@ -36,7 +37,7 @@ rule extract:
         "python -m repgeom.launch --gpus {params.ranks} --cpus {threads} --"
         " python -m repgeom.extract --model {params.model:q} --prompts {input.prompts} {params.adapter}"
         " --store {params.store} --group {wildcards.model}/{wildcards.condition}"
-        " --accuracy-out {output.accuracy} --hook {params.hook}"
+        " --lens-out {output.lens} --accuracy-out {output.accuracy} --hook {params.hook}"
         " --store-dtype {params.store_dtype} --model-dtype {params.model_dtype}"
         " --max-batch-tokens {params.max_batch_tokens} --min-shared-prefix {params.min_shared_prefix} --max-length {params.max_length} {params.chunk_rows}"
         " {params.token_sample} {params.parallel} --wait-for-lock > {log} 2>&1"

@@ -1,5 +1,5 @@
-# Reporting: the accuracy table, the figures of each model and, with two or more models, the figures across
-# models (their captions: workflow/report/).
+# Reporting: the accuracy and logit-lens tables, the figures of each model and, with two or more models, the
+# figures across models (their captions: workflow/report/).
 from repgeom.plots import COMPARISON_LABELS, COMPARISON_NAMES, FIGURE_LABELS
 
 
@@ -26,6 +26,29 @@ rule accuracy_table:
     shell:
         f"{TRACKED} -- "
         "python -m repgeom.plots accuracy-table --out {output} {input} > {log} 2>&1"
+
+
+rule lens_table:
+    input:
+        lambda wc: [
+            f"{RESULTS}/extract/{model}/{condition}.lens.parquet" for model in MODELS for condition in conditions(model)
+        ],
+    output:
+        f"{RESULTS}/tables/lens.csv",
+    params:
+        provenance=provenance("lens_table", []),
+    threads: job_threads("lens_table")
+    resources:
+        **job_resources("lens_table"),
+    log:
+        f"{RESULTS}/logs/lens_table.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/lens_table.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    shell:
+        f"{TRACKED} -- "
+        "python -m repgeom.plots lens-table --out {output} {input} > {log} 2>&1"
 
 
 rule variant_figure:
@@ -61,6 +84,7 @@ rule model_figures:
         metrics=rules.run_metrics.output[0],
         overlap=rules.run_overlap.output[0],
         accuracy=rules.accuracy_table.output[0],
+        lens=rules.lens_table.output[0],
         # Each training run's {checkpoint: step}.
         checkpoints=lambda wc: training_runs(wc.model).values(),
     output:
@@ -91,7 +115,7 @@ rule model_figures:
     shell:
         f"{TRACKED} -- "
         "python -m repgeom.plots figures --metrics {input.metrics} --overlap {input.overlap}"
-        " --accuracy {input.accuracy} --checkpoints {params.checkpoints}"
+        " --accuracy {input.accuracy} --lens {input.lens} --checkpoints {params.checkpoints}"
         " --settings-json {params.settings:q} --model {wildcards.model}"
         " --out-dir {params.out_dir} > {log} 2>&1"
 
@@ -120,6 +144,7 @@ if COMPARISON_FIGURES:
     rule model_comparison:
         input:
             metrics=rules.run_metrics.output[0],
+            lens=rules.lens_table.output[0],
             # Each model's training runs' {checkpoint: step}, for ft-{method}-last.
             checkpoints=[path for model in MODELS for path in training_runs(model).values()],
         output:
@@ -152,6 +177,6 @@ if COMPARISON_FIGURES:
             "../envs/analysis.yaml"
         shell:
             f"{TRACKED} -- "
-            "python -m repgeom.plots compare-models --metrics {input.metrics} --models {params.models}"
-            " --conditions {params.conditions} --checkpoints {params.checkpoints}"
+            "python -m repgeom.plots compare-models --metrics {input.metrics} --lens {input.lens}"
+            " --models {params.models} --conditions {params.conditions} --checkpoints {params.checkpoints}"
             " --settings-json {params.settings:q} --out-dir {params.out_dir} > {log} 2>&1"

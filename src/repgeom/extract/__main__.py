@@ -31,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--store", required=True, help=f"zarr store (one per run), e.g. results/{STORE_NAME}")
     parser.add_argument("--group", required=True, help="MODEL/CONDITION group inside the store")
     parser.add_argument("--accuracy-out", required=True, help="per-prompt accuracy parquet, written last")
+    parser.add_argument("--lens-out", help="parquet of the logit lens on the answer letters by layer (accuracy, mean "
+                                           "gold-letter probability); not written without this option")
     parser.add_argument("--adapter", help="peft adapter folder (LoRA, prompt tuning, prefix tuning)")
     parser.add_argument("--hook", choices=HOOKS, default="block_input_norm")
     parser.add_argument("--store-dtype", choices=STORE_DTYPES, default="float32")
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         min_shared_prefix=args.min_shared_prefix)
     ExtractionJob(args.model, args.prompts, args.store, args.group, args.accuracy_out, settings,
                   adapter=args.adapter, revision=args.revision, zero3_config_path=args.zero3,
-                  device_map=args.device_map, wait_for_lock=args.wait_for_lock).run()
+                  device_map=args.device_map, wait_for_lock=args.wait_for_lock, lens_out=args.lens_out).run()
     return 0
 
 

@@ -9,6 +9,7 @@ attribute names.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -164,13 +165,23 @@ class RowCapture:
     prompt's last token (and the sampled tokens of some layers); and that feed the LM head only the last-token
     rows, so no [batch, seq, vocab] logits are made.
 
+    The logit lens (`start(..., lens=True)`): pre-hooks keep the last-token row of the residual stream entering each
+    block, and the final norm's pre-hook appends these L rows to its input after the sequence, so that the model's
+    own final norm and LM head (and whatever the model does to the logits after them) treat them in the very calls
+    that make the prediction; the LM head then sees [B, L+1, D]: the L lens rows, then the last token's. Inside one
+    forward pass, the extra rows cost no extra module call, which keeps ZeRO-3's collective gathers and
+    device_map's placement as they are.
+
     Prompt tuning prepends virtual tokens to the sequence: the hooks find their number as the difference between
-    the hidden states' length and the input's, and index past them.
+    the hidden states' length and the input's (less the appended lens rows), and index past them.
     """
 
-    def __init__(self, points: list[HookPoint], output_embeddings: nn.Module, sampled_layers: list[int]):
+    def __init__(self, points: list[HookPoint], blocks: Sequence[nn.Module], output_embeddings: nn.Module,
+                 sampled_layers: list[int]):
+        """`points` from `find_hook_points` (the last is the final norm's output); `blocks` the L transformer blocks."""
         self.active = False
         self.sample_slot = {layer: slot for slot, layer in enumerate(sampled_layers)}
+        self.final_norm = points[-1].module
         self.handles = []
         for layer, point in enumerate(points):
             if point.reads_input:
@@ -178,19 +189,27 @@ class RowCapture:
                 self.handles.append(point.module.register_forward_pre_hook(hook, with_kwargs=True))
             else:
                 self.handles.append(point.module.register_forward_hook(self._output_hook(layer)))
+        self.handles += [block.register_forward_pre_hook(self._lens_input_hook(i), with_kwargs=True)
+                         for i, block in enumerate(blocks)]
+        self.handles.append(self.final_norm.register_forward_pre_hook(self._append_lens_rows, with_kwargs=True))
         self.handles.append(output_embeddings.register_forward_pre_hook(self._slice_lm_head_input))
         self.n_layers = len(points)
+        self.n_blocks = len(blocks)
 
     def start(self, seq_len: int, last_index: torch.Tensor, sample_batch_rows: torch.Tensor,
-              sample_index: torch.Tensor) -> None:
+              sample_index: torch.Tensor, lens: bool = False) -> None:
         """Arm the hooks for one batch: `last_index` [B] and (`sample_batch_rows`, `sample_index`) [n] index the
-        batch's `input_ids` [B, seq_len]; rows are copied to `last_index`'s device."""
+        batch's `input_ids` [B, seq_len]; rows are copied to `last_index`'s device. `lens`: the LM head gives the
+        logit lens too (the pass's logits are [B, L+1, V], layer by layer, else [B, 1, V])."""
         self.seq_len = seq_len
         self.device = last_index.device
         self.indices = {self.device: (torch.arange(len(last_index), device=self.device), last_index,
                                       sample_batch_rows, sample_index)}
         self.last_rows: list[torch.Tensor | None] = [None] * self.n_layers
         self.sample_rows: list[torch.Tensor | None] = [None] * len(self.sample_slot)
+        self.lens = lens
+        self.lens_rows: list[torch.Tensor | None] = [None] * self.n_blocks
+        self.appended = 0  # lens rows after the sequence in the final norm's output and the LM head's input
         self.active = True
 
     def stop(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -199,6 +218,8 @@ class RowCapture:
         missing = [i for i, rows in enumerate(self.last_rows) if rows is None]
         if missing:
             raise UnsupportedArchitecture(f"hook points {missing} did not run during the forward pass")
+        if self.lens and self.appended != self.n_blocks:
+            raise UnsupportedArchitecture("the final norm did not run after the blocks: no logit lens")
         last = torch.stack(self.last_rows, dim=1)
         sample = torch.stack(self.sample_rows, dim=1) if self.sample_rows else None
         return last, sample
@@ -212,13 +233,22 @@ class RowCapture:
             self.indices[device] = tuple(t.to(device) for t in self.indices[self.device])
         return self.indices[device]
 
-    def _keep(self, layer: int, hidden: torch.Tensor) -> None:
-        batch_rows, last_index, sample_batch_rows, sample_index = self._indices_on(hidden.device)
-        offset = hidden.shape[1] - self.seq_len  # virtual tokens in front
-        self.last_rows[layer] = hidden[batch_rows, last_index + offset].to(self.device, non_blocking=True)
+    def _virtual(self, hidden: torch.Tensor, trailing: int) -> int:
+        """Virtual tokens in front of the sequence in `hidden` [B, virtual + seq_len + trailing, D]."""
+        return hidden.shape[1] - trailing - self.seq_len
+
+    def _last_token(self, hidden: torch.Tensor, trailing: int = 0) -> torch.Tensor:
+        """Each prompt's last-token row [B, D] of `hidden`, on its device."""
+        batch_rows, last_index, _, _ = self._indices_on(hidden.device)
+        return hidden[batch_rows, last_index + self._virtual(hidden, trailing)]
+
+    def _keep(self, layer: int, hidden: torch.Tensor, trailing: int = 0) -> None:
+        self.last_rows[layer] = self._last_token(hidden, trailing).to(self.device, non_blocking=True)
         slot = self.sample_slot.get(layer)
         if slot is not None:
-            self.sample_rows[slot] = hidden[sample_batch_rows, sample_index + offset].to(self.device, non_blocking=True)
+            _, _, sample_batch_rows, sample_index = self._indices_on(hidden.device)
+            self.sample_rows[slot] = hidden[sample_batch_rows, sample_index + self._virtual(hidden, trailing)].to(
+                self.device, non_blocking=True)
 
     def _input_hook(self, layer: int):
         def hook(module, args, kwargs):
@@ -229,13 +259,32 @@ class RowCapture:
     def _output_hook(self, layer: int):
         def hook(module, args, output):
             if self.active:
-                self._keep(layer, first_tensor(output))
+                self._keep(layer, first_tensor(output), self.appended if module is self.final_norm else 0)
         return hook
+
+    def _lens_input_hook(self, block: int):
+        def hook(module, args, kwargs):
+            if self.active and self.lens:
+                self.lens_rows[block] = self._last_token(block_input(args, kwargs))
+        return hook
+
+    def _append_lens_rows(self, module, args, kwargs):
+        if not (self.active and self.lens):
+            return None
+        missing = [i for i, rows in enumerate(self.lens_rows) if rows is None]
+        if missing:
+            raise UnsupportedArchitecture(f"blocks {missing} did not run before the final norm: no logit lens")
+        hidden = block_input(args, kwargs)
+        rows = torch.stack([rows.to(hidden.device) for rows in self.lens_rows], dim=1)
+        extended = torch.cat([hidden, rows], dim=1)
+        self.appended = rows.shape[1]
+        if args:
+            return (extended, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": extended}
 
     def _slice_lm_head_input(self, module, args):
         if not self.active:
             return None
         hidden = args[0]
-        batch_rows, last_index, _, _ = self._indices_on(hidden.device)
-        offset = hidden.shape[1] - self.seq_len
-        return (hidden[batch_rows, last_index + offset].unsqueeze(1), *args[1:])
+        last = self._last_token(hidden, self.appended).unsqueeze(1)
+        return (torch.cat([hidden[:, hidden.shape[1] - self.appended:], last], dim=1), *args[1:])

@@ -10,8 +10,9 @@ Each rank owns whole row chunks (round robin over the chunks not yet done) and w
 prompts that begin with the same run of tokens (a subject's header and shots) share it: one forward pass computes
 the prefix and keeps its keys and values, and the prompts continue from that cache (docs/design.md, "Shared
 prefixes"); the other prompts run whole. Prompts run in length-sorted batches; hooks keep only last-token rows on
-the device; each batch's rows are copied asynchronously into a host buffer, which a writer thread stores once the
-chunk is full, while the next chunk runs.
+the device, and the same forward pass reads the answer letters off every layer's residual stream through the final
+norm and the LM head (the logit lens, `hooks.RowCapture`); each batch's rows are copied asynchronously into a host
+buffer, which a writer thread stores once the chunk is full, while the next chunk runs.
 """
 from __future__ import annotations
 
@@ -31,11 +32,12 @@ from tqdm import tqdm
 from repgeom import distributed
 from repgeom.errors import InputError
 from repgeom.io import read_parquet_table
-from repgeom.extract.accuracy import accuracy_frame, accuracy_summary, write_accuracy
+from repgeom.extract.accuracy import (LENS_COLUMNS, accuracy_frame, accuracy_summary, lens_frame, write_accuracy,
+                                      write_lens)
 from repgeom.extract.batching import (TokenSample, encode_prompts, first_token_index, last_token_index,
                                       PrefixGroup, length_batches, pad_batch, position_ids,
                                       shared_prefix_groups)
-from repgeom.extract.hooks import HOOKS, HookPoint, RowCapture, find_hook_points, unwrap
+from repgeom.extract.hooks import HOOKS, HookPoint, RowCapture, find_blocks, find_hook_points, unwrap
 from repgeom.extract.model_setup import (ExtractionModel, adapter_fingerprint, compute_device,
                                          legacy_adapter_fingerprint, load_extraction_model, load_model_config,
                                          max_prompt_length, read_adapter_config, read_zero3_config)
@@ -45,7 +47,7 @@ from repgeom.locks import rank_locks
 from repgeom.models.loading import answer_letter_token_ids, load_tokenizer, model_fingerprint, parse_dtype
 from repgeom.store.layout import (ARGMAX_TOKEN, LETTER_LOGPROB, STORE_DTYPES, chunk_rows, prompt_set_hash,
                                   storage_dtype)
-from repgeom.store.reading import open_store_group, prompt_frame, read_array, require_array
+from repgeom.store.reading import letter_lens_array, open_store_group, prompt_frame, read_array, require_array
 from repgeom.store.writing import (GroupSpec, GroupWriter, TokenSampleLayout, group_status, open_group_for_repair,
                                    open_group_for_writing)
 
@@ -161,6 +163,13 @@ def plan_chunk(token_lists: list[list[int]], sample_rows: np.ndarray, sample_pos
     return plans
 
 
+def letter_log_probs(logits: torch.Tensor, letter_ids: torch.Tensor) -> torch.Tensor:
+    """[B, n, V] logits -> [B, n, 4] float32 log-probabilities of the answer letters, each of the n rows' log-softmax
+    over the full vocabulary in float32; a row at a time, so that no float32 copy of all the logits is made."""
+    return torch.stack([torch.log_softmax(logits[:, i].float(), dim=-1)[:, letter_ids] for i in range(logits.shape[1])],
+                       dim=1)
+
+
 class BatchRunner:
     """One forward pass over a padded batch; returns the kept rows on the device, already in the storage dtype."""
 
@@ -201,22 +210,24 @@ class BatchRunner:
         return cache, None if sample is None else to_storage(sample, self.store_dtype)
 
     def run(self, token_lists: list[list[int]], batch: Batch, prefix_cache=None):
-        """The batch's rows, continuing `prefix_cache` (a prefix's keys and values, batch size 1) if given."""
+        """The batch's rows, continuing `prefix_cache` (a prefix's keys and values, batch size 1) if given: the stored
+        layers' last-token rows and the token sample (None without one) in the storage dtype, the logit lens on the
+        letters [B, n_layers, 4] (its last layer is the prediction) and the full-vocabulary argmax."""
         input_ids, mask = (self.to_device(t) for t in pad_batch(token_lists, self.pad_id, self.padding_side))
         sample_rows = self.to_device(batch.sample_batch_rows)
         sample_index = first_token_index(mask)[sample_rows] + self.to_device(batch.sample_positions)
-        self.capture.start(input_ids.shape[1], last_token_index(mask), sample_rows, sample_index)
+        self.capture.start(input_ids.shape[1], last_token_index(mask), sample_rows, sample_index, lens=True)
         past = None
         if prefix_cache is not None:
             past = copy.deepcopy(prefix_cache)  # the forward pass appends this batch's keys and values to it
             past.batch_repeat_interleave(len(token_lists))
-        # .to(): under device_map="auto" the LM head may sit on another GPU.
-        logits = self.forward(input_ids, mask, past).logits[:, -1].to(self.loaded.input_device).float()
+        logits = self.forward(input_ids, mask, past).logits  # [B, n_layers, V]: the lens rows, then the prediction
         reps, sample = self.capture.stop()
-        logprob = torch.log_softmax(logits, dim=-1)
-        letter_logprob = logprob[:, self.letter_ids]
+        # .to(): under device_map="auto" the LM head may sit on another GPU.
+        letter_lens = letter_log_probs(logits, self.letter_ids.to(logits.device)).to(self.loaded.input_device)
+        argmax = logits[:, -1].argmax(dim=-1).to(self.loaded.input_device)
         storage = None if sample is None else to_storage(sample, self.store_dtype)
-        return to_storage(reps, self.store_dtype), letter_logprob, logits.argmax(dim=-1), storage
+        return to_storage(reps, self.store_dtype), letter_lens, argmax, storage
 
     def run_discarded(self) -> None:
         """A one-token pass whose outputs are thrown away: keeps a ZeRO-3 rank in step with ranks that have work."""
@@ -261,11 +272,11 @@ def extract_chunks(runner: BatchRunner, writer: AsyncChunkWriter, group_writer, 
                 keep_sample(sample, plan.prefix_sample_slots)
                 passes += 1
             for batch in plan.batches:
-                reps, letter_logprob, argmax, sample = runner.run(
+                reps, letter_lens, argmax, sample = runner.run(
                     [token_lists[first + r][plan.length:] for r in batch.rows], batch, prefix_cache)
                 rows = slice(row_cursor, row_cursor + len(batch.rows))
                 buffer.reps[rows].copy_(reps, non_blocking=True)
-                buffer.letter_logprob[rows].copy_(letter_logprob, non_blocking=True)
+                buffer.letter_lens[rows].copy_(letter_lens, non_blocking=True)
                 buffer.argmax_token[rows].copy_(argmax, non_blocking=True)
                 keep_sample(sample, batch.sample_slots)
                 row_order.append(batch.rows)
@@ -309,7 +320,11 @@ def extract_rank_share(loaded: ExtractionModel, points: list[HookPoint], token_l
              len(points), settings.hook, hidden,
              f"; ZeRO-3 lockstep: {n_passes} forward passes, {n_passes - own_passes} discarded" if lockstep else "")
 
-    capture = RowCapture(points, unwrap(loaded.model).get_output_embeddings(), settings.token_sample_layers)
+    if group_writer.letter_lens is None and info.is_main:
+        log.warning("%s was created before the logit lens was kept: its row chunks are written without it (delete "
+                    "the group and extract again to get the lens)", label)
+    base = unwrap(loaded.model)
+    capture = RowCapture(points, find_blocks(base)[1], base.get_output_embeddings(), settings.token_sample_layers)
     runner = BatchRunner(loaded, capture, pad_id, letter_ids, settings.store_dtype, settings.padding_side)
     sample_cap = sample_layout.rows.shape[1] if sample_layout is not None else 0
     sample_shape = (sample_cap, len(sample_layout.layers)) if sample_layout is not None else None
@@ -340,9 +355,21 @@ def predictions_frame(store_path, group: str, letter_ids: dict[str, int], tokeni
                           read_array(require_array(node, ARGMAX_TOKEN)), letter_ids, tokenizer)
 
 
+def group_lens_frame(store_path, group: str) -> pd.DataFrame:
+    """The group's logit lens by layer (`accuracy.lens_frame`); no rows for a group from before the lens was kept."""
+    node = open_store_group(store_path, group)
+    array = letter_lens_array(node)
+    if array is None:
+        log.warning("%s was extracted before the logit lens was kept: its lens table has no rows (delete the group "
+                    "and extract again to get them)", group)
+        return pd.DataFrame(columns=list(LENS_COLUMNS))
+    return lens_frame(prompt_frame(node)["gold"], read_array(array))
+
+
 @dataclass
 class ExtractionJob:
-    """One condition into one store group: `run()` extracts or resumes it, then rank 0 writes the accuracy table."""
+    """One condition into one store group: `run()` extracts or resumes it, then rank 0 writes the lens table (if
+    `lens_out`) and the accuracy table."""
     model_spec: str
     prompts_path: str | Path
     store_path: str | Path
@@ -354,6 +381,7 @@ class ExtractionJob:
     zero3_config_path: str | None = None
     device_map: str | None = None
     wait_for_lock: bool = False   # wait for another process working on the group, instead of stopping
+    lens_out: str | Path | None = None  # the logit lens by layer (`accuracy.lens_frame`) as parquet; None: not written
 
     @property
     def lock_base(self) -> Path:
@@ -402,8 +430,14 @@ class ExtractionJob:
             summary = accuracy_summary(frame)
             if group_writer is not None:
                 group_writer.mark_complete({"accuracy": summary})
-            write_accuracy(frame, self.accuracy_out, {"group": self.group, "model": identity["model"],
-                                                      "adapter": identity["adapter"]})
+            about = {"group": self.group, "model": identity["model"], "adapter": identity["adapter"]}
+            if self.lens_out is not None:
+                lens = group_lens_frame(self.store_path, self.group)
+                write_lens(lens, self.lens_out, about)
+                if len(lens):
+                    log.info("%s: logit-lens accuracy by layer: %s", self.group,
+                             " ".join(f"{value:.2f}" for value in lens["accuracy"]))
+            write_accuracy(frame, self.accuracy_out, about)
             log.info("%s: accuracy micro %.4f macro %.4f (full-vocabulary argmax: %.4f / %.4f) over %d prompts",
                      self.group, summary["micro"], summary["macro"], summary["micro_argmax"],
                      summary["macro_argmax"], summary["n"])
@@ -481,7 +515,7 @@ class ExtractionJob:
             sample_layout = TokenSampleLayout(settings.token_sample_layers,
                                               *sample.by_chunk(rows, -(-len(prompts) // rows)))
         spec = GroupSpec(identity=identity, layer_names=[p.name for p in points], hidden_size=hidden, chunk_rows=rows,
-                         prompts=prompts, token_sample=sample_layout,
+                         prompts=prompts, token_sample=sample_layout, letter_lens=True,
                          attrs={"letter_token_ids": letter_ids, "model_class": type(base).__name__})
         group_writer = open_group_for_writing(self.store_path, self.group, spec)
         extract_rank_share(loaded, points, token_lists, group_writer, settings, tokenizer.pad_token_id,

@@ -24,7 +24,7 @@ def to_storage(values: torch.Tensor, store_dtype: str) -> torch.Tensor:
 class HostBuffer:
     """One row chunk's results in the order they were computed; pinned on CUDA so copies run asynchronously."""
     reps: torch.Tensor            # [rows, n_layers, D]
-    letter_logprob: torch.Tensor  # [rows, 4]
+    letter_lens: torch.Tensor     # [rows, n_layers, 4]: the logit lens; its last layer is the prediction
     argmax_token: torch.Tensor    # [rows]
     sample: torch.Tensor | None   # [cap, n_sampled_layers, D]
 
@@ -33,7 +33,7 @@ class HostBuffer:
                  pin: bool) -> "HostBuffer":
         dtype = TORCH_STORAGE[store_dtype]
         return cls(reps=torch.empty((rows, n_layers, hidden), dtype=dtype, pin_memory=pin),
-                   letter_logprob=torch.empty((rows, 4), dtype=torch.float32, pin_memory=pin),
+                   letter_lens=torch.empty((rows, n_layers, 4), dtype=torch.float32, pin_memory=pin),
                    argmax_token=torch.empty((rows,), dtype=torch.int64, pin_memory=pin),
                    sample=None if sample_shape is None
                    else torch.empty((sample_shape[0], sample_shape[1], hidden), dtype=dtype, pin_memory=pin))
@@ -110,6 +110,7 @@ class AsyncChunkWriter:
             computed = numpy_storage(buffer.sample[:n_sample])              # [n, Ls, D]
             sample = np.zeros((computed.shape[1], self.sample_cap, computed.shape[2]), dtype=computed.dtype)
             sample[:, filled.sample_order] = computed.transpose(1, 0, 2)
-        self.group.write_chunk(filled.chunk, np.ascontiguousarray(reps.transpose(1, 0, 2)),
-                               buffer.letter_logprob[:n_rows].numpy()[chunk_order],
-                               buffer.argmax_token[:n_rows].numpy()[chunk_order], sample)
+        letter_lens = buffer.letter_lens[:n_rows].numpy()[chunk_order]
+        # The prediction is the lens's last layer: the two arrays agree exactly.
+        self.group.write_chunk(filled.chunk, np.ascontiguousarray(reps.transpose(1, 0, 2)), letter_lens[:, -1],
+                               buffer.argmax_token[:n_rows].numpy()[chunk_order], sample, letter_lens)

@@ -1,11 +1,12 @@
-"""Report stage entry point: `python -m repgeom.plots {accuracy-table,concat,variant-ari,figures,compare-models} …`.
+"""Report stage entry point:
+`python -m repgeom.plots {accuracy-table,lens-table,concat,variant-ari,figures,compare-models} …`.
 
-`accuracy-table` and `concat` write the report's tables (`repgeom.tables`); `variant-ari`, `figures` and
-`compare-models` draw.
+`accuracy-table`, `lens-table` and `concat` write the report's tables (`repgeom.tables`); `variant-ari`, `figures`
+and `compare-models` draw.
 
 `figures` writes one model's figure set into --out-dir, always the same files (`FIGURE_NAMES`):
 
-    id_gride.png  n_clusters.png  ari.png  label_overlap.png  data_overlap.png  probe.png
+    id_gride.png  n_clusters.png  ari.png  label_overlap.png  data_overlap.png  probe.png  logit_lens.png
     local_id_steps.png  accuracy_table.png            (and each as .pdf with --pdf)
 
 A figure with no data (e.g. `local_id_steps` and `data_overlap` in a run without fine-tuning) is still written,
@@ -14,15 +15,17 @@ saying "Nothing to show" and why. See `repgeom.plots.model_figures` for what eac
 
     python -m repgeom.plots figures --metrics results/metrics/all.parquet \
         --overlap results/metrics/overlap.parquet --accuracy results/tables/accuracy.csv \
-        --checkpoints lora=results/finetune/tiny-llama/lora/checkpoints.json \
+        --lens results/tables/lens.csv --checkpoints lora=results/finetune/tiny-llama/lora/checkpoints.json \
         --settings-json '{"maxk": 100, "id_scale_index": 4}' --model tiny-llama \
         --out-dir results/figures/tiny-llama [--conditions 0shot 5shot …] [--pdf]
 
 `compare-models` writes the figures across models into --out-dir (`COMPARISON_NAMES`: `models_ari_subject.png`,
-`models_ari_letter.png`, `models_id_gride.png`): each metric against relative depth (layer / number of blocks), a
-panel per condition, a line per model; `ft-{method}-last` names a method's last checkpoint in each model:
+`models_ari_letter.png`, `models_id_gride.png`, `models_lens_accuracy.png`): each metric against relative depth
+(layer / number of blocks), a panel per condition, a line per model; `ft-{method}-last` names a method's last
+checkpoint in each model:
 
-    python -m repgeom.plots compare-models --metrics results/metrics/all.parquet --models llama-8b qwen-7b \
+    python -m repgeom.plots compare-models --metrics results/metrics/all.parquet --lens results/tables/lens.csv \
+        --models llama-8b qwen-7b \
         --conditions 0shot 5shot ft-lora-last \
         --checkpoints llama-8b:lora=results/finetune/llama-8b/lora/checkpoints.json \
                       qwen-7b:lora=results/finetune/qwen-7b/lora/checkpoints.json \
@@ -53,6 +56,13 @@ def cmd_accuracy_table(args) -> None:
     log.info("accuracy per condition:\n%s", table.to_string(index=False))
 
 
+def cmd_lens_table(args) -> None:
+    from repgeom.tables import write_lens_table
+
+    table = write_lens_table(args.inputs, args.out)
+    log.info("logit lens: %d layers of %d conditions", len(table), table.groupby(["model", "condition"]).ngroups)
+
+
 def cmd_concat(args) -> None:
     from repgeom.tables import write_concat
 
@@ -78,6 +88,7 @@ def cmd_figures(args) -> None:
         check_conditions,
         check_model,
         parse_settings,
+        read_lens,
         read_table,
         steps_from_runs,
     )
@@ -101,7 +112,7 @@ def cmd_figures(args) -> None:
             raise InputError(f"{args.metrics}: the metric table has no rows for condition(s) {', '.join(missing)} "
                              f"of model {args.model!r}")
     figures = model_figures(tables["metrics"], tables["overlap"], tables["accuracy"], args.model, steps, params,
-                            conditions=args.conditions or None)
+                            conditions=args.conditions or None, lens=read_lens(args.lens))
     write_logged(figures, args.out_dir, args.pdf)
 
 
@@ -112,18 +123,21 @@ def cmd_compare_models(args) -> None:
         check_conditions,
         check_model,
         parse_settings,
+        read_lens,
         read_table,
         steps_by_model,
     )
+    from repgeom.tables import with_lens_metrics
 
     params = parse_settings(args.settings_json)
     steps = steps_by_model(args.checkpoints, args.models)
     metrics = read_table(args.metrics, METRIC_COLUMNS, "metric table")
     check_conditions(metrics, ["condition"], args.metrics, "metric table")
-    tables = {}
     for model in args.models:
         check_model(metrics, model, args.metrics, "metric table")
-        tables[model] = metrics[metrics["model"] == model]
+    # The lens's metrics join the metric table's: its conditions are the ones the panels resolve.
+    metrics = with_lens_metrics(metrics, read_lens(args.lens))
+    tables = {model: metrics[metrics["model"] == model] for model in args.models}
     try:
         figures = comparison_figures(tables, args.conditions, steps, params)
     except InputError as err:  # a condition a model lacks: say which table lacks it
@@ -150,6 +164,10 @@ def main(argv=None) -> int:
     acc.add_argument("--out", required=True)
     acc.add_argument("inputs", nargs="+")
     acc.set_defaults(func=cmd_accuracy_table)
+    lens = sub.add_parser("lens-table", help="the logit lens per model, condition and layer")
+    lens.add_argument("--out", required=True)
+    lens.add_argument("inputs", nargs="+", help="the extract stage's {condition}.lens.parquet files")
+    lens.set_defaults(func=cmd_lens_table)
     cat = sub.add_parser("concat", help="stack long-form metric tables into one")
     cat.add_argument("--out", required=True)
     cat.add_argument("inputs", nargs="+")
@@ -164,6 +182,7 @@ def main(argv=None) -> int:
     fig.add_argument("--metrics", required=True, help="merged metric table (metrics/all.parquet)")
     fig.add_argument("--overlap", required=True, help="merged overlap table (metrics/overlap.parquet)")
     fig.add_argument("--accuracy", required=True, help="accuracy table (tables/accuracy.csv)")
+    fig.add_argument("--lens", required=True, help="logit lens table (tables/lens.csv)")
     fig.add_argument("--checkpoints", nargs="*", default=[], metavar="METHOD=FILE",
                      help="a training run's checkpoints.json ({checkpoint: step}) per fine-tuning method")
     fig.add_argument("--settings-json", required=True,
@@ -176,6 +195,7 @@ def main(argv=None) -> int:
     cmp = sub.add_parser("compare-models", help="the figures across models (COMPARISON_NAMES) as PNG, and PDF with "
                                                 "--pdf")
     cmp.add_argument("--metrics", required=True, help="merged metric table (metrics/all.parquet)")
+    cmp.add_argument("--lens", required=True, help="logit lens table (tables/lens.csv)")
     cmp.add_argument("--models", nargs="+", required=True, help="the models drawn, in this order (and colour)")
     cmp.add_argument("--conditions", nargs="+", required=True,
                      help="a panel each: conditions every model has, or ft-{method}-last (a method's last checkpoint)")

@@ -11,14 +11,14 @@ import pandas as pd
 from repgeom.analysis.params import AnalysisParams
 from repgeom.conditions import finetuned_condition, parse_condition
 from repgeom.errors import InputError  # a figure input is missing, unreadable or lacks what the figures need
-from repgeom.tables import ACCURACY_COLUMNS
+from repgeom.tables import ACCURACY_COLUMNS, LENS_TABLE_COLUMNS
 
 METRIC_COLUMNS = ("model", "condition", "layer", "metric", "scale", "value", "error")
 OVERLAP_COLUMNS = ("model", "condition_a", "condition_b", "layer_a", "layer_b", "metric", "k", "value")
 
 
-def read_table(path: str | Path, columns: Sequence[str], what: str) -> pd.DataFrame:
-    """A parquet or CSV table (by suffix) with at least `columns` and one row."""
+def read_table(path: str | Path, columns: Sequence[str], what: str, allow_empty: bool = False) -> pd.DataFrame:
+    """A parquet or CSV table (by suffix) with at least `columns` and, unless `allow_empty`, one row."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: {what} not found")
@@ -30,7 +30,7 @@ def read_table(path: str | Path, columns: Sequence[str], what: str) -> pd.DataFr
     if missing:
         raise InputError(f"{path}: the {what} lacks column(s) {', '.join(missing)} "
                          f"(it has {', '.join(map(str, frame.columns)) or 'none'})")
-    if frame.empty:
+    if frame.empty and not allow_empty:
         raise InputError(f"{path}: the {what} is empty")
     return frame
 
@@ -48,6 +48,14 @@ def check_conditions(frame: pd.DataFrame, columns: Sequence[str], path: str | Pa
                 parse_condition(str(name))
             except ValueError as err:
                 raise InputError(f"{path}: the {what}'s column {column}: {err}") from None
+
+
+def read_lens(path: str | Path) -> pd.DataFrame:
+    """The lens table (`tables/lens.csv`): it may lack a model, or have no rows at all, where the groups were
+    extracted before the logit lens was kept (the lens figures then say so)."""
+    lens = read_table(path, LENS_TABLE_COLUMNS, "lens table", allow_empty=True)
+    check_conditions(lens, ["condition"], path, "lens table")
+    return lens
 
 
 def _json(text: str, option: str):

@@ -1,4 +1,4 @@
-"""The reference paper's figures for one model, from the merged metric, overlap and accuracy tables.
+"""The reference paper's figures for one model, from the merged metric, overlap, accuracy and lens tables.
 
 Each `plot_*` function takes the long-form tables (any number of models; it keeps `model`'s rows) and returns a
 matplotlib Figure, or raises `NoData` saying why there is nothing to draw. `model_figures` builds the whole set,
@@ -13,6 +13,7 @@ always exists (the workflow declares them all as outputs); `write_figures` write
 | `label_overlap` | `plot_label_overlap` | label overlap with subjects (left) and with answer letters (right) against layer |
 | `data_overlap` | `plot_data_overlap` | χ_k between each k-shot condition and each method's last checkpoint (top); between 0-shot and each shown checkpoint (bottom); against layer |
 | `probe` | `plot_probe` | linear-probe accuracy for subject (left) and letter (right) against layer, majority baseline dotted |
+| `logit_lens` | `plot_logit_lens` | logit lens on the answer letters: constrained accuracy and gold-letter probability against layer, beside the letter ARI |
 | `local_id_steps` | `plot_local_id_steps` | mean local ID against optimizer step, one line per layer (last-token rows; the token sample too where extracted), next to accuracy against step; one row per method |
 | `accuracy_table` | `repgeom.plots.accuracy_figure.plot_accuracy_table` | accuracy of every condition, as a table |
 
@@ -47,8 +48,12 @@ from repgeom.plots.selection import (  # noqa: E402
     shown_checkpoints,
     step_series,
 )
+from repgeom.tables import with_lens_metrics  # noqa: E402
 
 LAYER_LABEL = "layer (input of block i; last = final norm)"
+LENS_SETTINGS = ("logit lens: the final norm and the LM head applied to the residual stream entering block i at the last "
+                 "token (layer L: the model's prediction), log-softmax over the full vocabulary; accuracy: argmax over "
+                 "the letter tokens A-D; probability: the gold letter's, renormalised over A-D")
 STEP_LABEL = "optimizer step (0 = base model, 0-shot prompt)"
 CHANCE = 0.25
 
@@ -204,6 +209,20 @@ def plot_probe(metrics, model, **kwargs) -> Figure:
               Panel("probe_letter", "probe accuracy (answer letter)", "linear probe: answer letter", (0, 1.05),
                     baseline="probe_letter_baseline")]
     return layer_figure(metrics, model, panels, "linear-probe accuracy (cross-validated)", errorbars=True, **kwargs)
+
+
+def plot_logit_lens(metrics: pd.DataFrame, lens: pd.DataFrame, model: str, **kwargs) -> Figure:
+    """The logit lens on the answer letters against layer (`lens`: the lens table, `repgeom.tables.lens_table`):
+    constrained accuracy and mean gold-letter probability renormalised over A-D, beside the letter ARI of the ADP
+    clusters (from `metrics`), a line per shown condition."""
+    if not (lens["model"] == model).any():
+        raise NoData(f"the lens table has no rows for model {model!r} (a group extracted before the logit lens was "
+                     "kept has none: delete it and extract again)")
+    panels = [Panel("lens_accuracy", "accuracy (argmax over A–D)", "logit lens: accuracy", (-0.02, 1.02)),
+              Panel("lens_gold_prob", "gold-letter probability (within A–D)", "logit lens: gold-letter probability",
+                    (-0.02, 1.02)),
+              Panel("ari_letter", "ARI with answer letters", "clusters vs answer letters", (-0.05, 1.05))]
+    return layer_figure(with_lens_metrics(metrics, lens), model, panels, FIGURE_TITLES["logit_lens"], **kwargs)
 
 
 def _pair(rows: pd.DataFrame, a: str, b: str) -> pd.Series:
@@ -379,7 +398,8 @@ def nothing_to_show(name: str, model: str, reason: str) -> Figure:
 
 
 def settings_footer(name: str, params: AnalysisParams) -> str:
-    """The analysis settings a figure depends on, as one line under it."""
+    """The analysis settings a figure depends on, as one line under it (`name`: a figure's, or "lens": the logit
+    lens's alone)."""
     n2 = gride_scale(params.id_scale_index)
     clusters = (f"ADP clustering with Z = {params.Z:g}, no halo, on the kNN density (k = {params.density_k}) with "
                 f"the Gride ID at n2 = {n2}; maxk = {params.maxk}")
@@ -395,19 +415,22 @@ def settings_footer(name: str, params: AnalysisParams) -> str:
                         "see the 0-shot prompts",
         "probe": f"multinomial logistic regression on the first {params.probe_pca_dim} principal components, "
                  f"{params.probe_folds} stratified folds; error bars: standard deviation over folds",
+        "lens": LENS_SETTINGS,
+        "logit_lens": f"{LENS_SETTINGS}; letter ARI: {clusters}",
         "local_id_steps": f"local ID: TwoNN in each point's L = {params.local_id_neighbors} nearest neighbours, the "
                           f"largest {params.local_id_discard:.0%} of r2/r1 dropped; step 0 = the base model, "
                           "0-shot prompt; accuracy: argmax over the letter tokens A-D",
         "accuracy_table": "",
     }
     common = "all distances Euclidean on the distinct rows in float64"
-    return "; ".join(filter(None, [lines.get(name, ""), common if name != "accuracy_table" else ""]))
+    return "; ".join(filter(None, [lines.get(name, ""), common if name not in ("accuracy_table", "lens") else ""]))
 
 
 @dataclass(frozen=True)
 class FigureInputs:
     """What every drawing function of the registry gets: the merged tables, the model, the optimizer step of each
-    fine-tuned condition, the analysis settings and the conditions to show (None: all)."""
+    fine-tuned condition, the analysis settings, the conditions to show (None: all) and the lens table (None: not
+    given)."""
     metrics: pd.DataFrame
     overlap: pd.DataFrame
     accuracy: pd.DataFrame
@@ -415,6 +438,7 @@ class FigureInputs:
     steps: dict[str, int] = field(default_factory=dict)
     params: AnalysisParams = field(default_factory=AnalysisParams)
     conditions: Sequence[str] | None = None
+    lens: pd.DataFrame | None = None
 
     def common(self, name: str) -> dict:
         """steps, conditions and the settings footer of figure `name`, as the `plot_*` functions take them."""
@@ -446,6 +470,12 @@ def draw_probe(inputs: FigureInputs) -> Figure:
     return plot_probe(inputs.metrics, inputs.model, **inputs.common("probe"))
 
 
+def draw_logit_lens(inputs: FigureInputs) -> Figure:
+    if inputs.lens is None:
+        raise NoData("no lens table was given")
+    return plot_logit_lens(inputs.metrics, inputs.lens, inputs.model, **inputs.common("logit_lens"))
+
+
 def draw_local_id_steps(inputs: FigureInputs) -> Figure:
     return plot_local_id_steps(inputs.metrics, inputs.accuracy, inputs.model, inputs.steps,
                                conditions=inputs.conditions, footer=settings_footer("local_id_steps", inputs.params))
@@ -453,11 +483,11 @@ def draw_local_id_steps(inputs: FigureInputs) -> Figure:
 
 def model_figures(metrics: pd.DataFrame, overlap: pd.DataFrame, accuracy: pd.DataFrame, model: str,
                   steps: Mapping[str, int] | None, params: AnalysisParams | Mapping | None = None, *,
-                  conditions: Sequence[str] | None = None) -> dict[str, Figure]:
+                  conditions: Sequence[str] | None = None, lens: pd.DataFrame | None = None) -> dict[str, Figure]:
     """Every figure of `FIGURE_NAMES` for one model, each drawn by its registry function; a figure without data
-    says so (and why) instead."""
+    (the logit lens without a `lens` table) says so (and why) instead."""
     inputs = FigureInputs(metrics, overlap, accuracy, model, dict(steps or {}), AnalysisParams.coerce(params),
-                          conditions)
+                          conditions, lens)
     figures = {}
     for name in FIGURE_NAMES:
         try:
@@ -483,8 +513,9 @@ def write_figures(figures: Mapping[str, Figure], out_dir: str | Path, pdf: bool 
 
 
 __all__ = [
-    "FIGURE_NAMES", "FigureInputs", "NoData", "Panel", "draw_ari", "draw_data_overlap", "draw_id_gride",
-    "draw_label_overlap", "draw_local_id_steps", "draw_n_clusters", "draw_probe", "gride_scale", "layer_figure", "model_figures", "nothing_to_show",
-    "plot_ari", "plot_data_overlap", "plot_id_gride", "plot_label_overlap", "plot_local_id_steps",
-    "plot_n_clusters", "plot_probe", "settings_footer", "write_figures",
+    "FIGURE_NAMES", "FigureInputs", "LENS_SETTINGS", "NoData", "Panel", "draw_ari", "draw_data_overlap",
+    "draw_id_gride", "draw_label_overlap", "draw_local_id_steps", "draw_logit_lens", "draw_n_clusters", "draw_probe",
+    "gride_scale", "layer_figure", "model_figures", "nothing_to_show", "plot_ari", "plot_data_overlap",
+    "plot_id_gride", "plot_label_overlap", "plot_local_id_steps", "plot_logit_lens", "plot_n_clusters", "plot_probe",
+    "settings_footer", "write_figures",
 ]

@@ -8,7 +8,8 @@ outputs, the report's labels and `python -m repgeom.plots figures` follow from t
 
 `COMPARISONS`, the figures across models (a run with two or more models): one per-layer metric each, drawn by
 `repgeom.plots.comparison` against relative depth, a line per model and a panel per compared condition. Another
-metric of the metric table is one more entry here; `workflow/report/model_comparison.rst` captions them all.
+metric of the metric table (or of the lens table: `repgeom.tables.LENS_METRICS`) is one more entry here;
+`workflow/report/model_comparison.rst` captions them all.
 """
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ FIGURES: dict[str, FigureSpec] = {spec.name: spec for spec in (
                "repgeom.plots.model_figures:draw_data_overlap"),
     FigureSpec("probe", "linear probes", "linear-probe accuracy against layer",
                "repgeom.plots.model_figures:draw_probe"),
+    FigureSpec("logit_lens", "logit lens (answer letters)",
+               "logit lens on the answer letters against layer, beside the letter ARI",
+               "repgeom.plots.model_figures:draw_logit_lens"),
     FigureSpec("local_id_steps", "local ID and accuracy vs step", "mean local ID and accuracy against fine-tuning step",
                "repgeom.plots.model_figures:draw_local_id_steps"),
     FigureSpec("accuracy_table", "accuracy table", "accuracy per condition",
@@ -63,7 +67,7 @@ class ComparisonSpec:
     ylabel: str
     ylim: tuple[float, float] | None = None
     at_gride_scale: bool = False  # a metric with several scales, drawn at n2 of analysis.params.id_scale_index
-    settings: str = ""  # the per-model figure whose settings line (`model_figures.settings_footer`) applies
+    settings: str = ""  # the settings line (`model_figures.settings_footer`): a per-model figure's name, or "lens"
 
 
 COMPARISONS: dict[str, ComparisonSpec] = {spec.name: spec for spec in (
@@ -76,6 +80,9 @@ COMPARISONS: dict[str, ComparisonSpec] = {spec.name: spec for spec in (
     ComparisonSpec("models_id_gride", "intrinsic dimension, across models",
                    "intrinsic dimension (Gride), across models", "id_gride", "intrinsic dimension (Gride)",
                    at_gride_scale=True, settings="id_gride"),
+    ComparisonSpec("models_lens_accuracy", "logit-lens accuracy, across models",
+                   "logit-lens accuracy on the answer letters, across models", "lens_accuracy",
+                   "logit-lens accuracy (argmax over A–D)", (-0.02, 1.02), settings="lens"),
 )}
 
 COMPARISON_NAMES: tuple[str, ...] = tuple(COMPARISONS)

@@ -5,6 +5,9 @@ One zarr (v3) store per run; one group per `{model}/{condition}`:
     reps            [n_layers, N, D]  chunks (1, R, D)   one layer's [N, D] reads without touching the others
     question_id, subject, gold        [N] strings
     letter_logprob  [N, 4] float32    log-probabilities of the answer letters A-D
+    letter_logprob_layers  [N, n_layers, 4] float32   the logit lens: the same, read through the final norm and
+                    the LM head off the residual stream entering block i (layer i < L) and, at layer L, the
+                    prediction itself (equal to `letter_logprob`); absent from groups written before it was kept
     argmax_token    [N] int64         argmax of the full next-token distribution
     chunk_done      [n_chunks] uint8  one zarr chunk per row chunk: 1 once that row chunk is durably written
     chunk_sha256    [n_chunks, files, 32] uint8  sha256 of each chunk file a row chunk wrote, kept before its
@@ -30,6 +33,7 @@ FORMAT_VERSION = 1
 REPS = "reps"
 META_COLUMNS = ("question_id", "subject", "gold")
 LETTER_LOGPROB = "letter_logprob"
+LETTER_LOGPROB_LAYERS = "letter_logprob_layers"
 ARGMAX_TOKEN = "argmax_token"
 CHUNK_DONE = "chunk_done"
 TOKEN_SAMPLE = "token_sample"

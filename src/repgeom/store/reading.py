@@ -8,8 +8,8 @@ import pandas as pd
 import zarr
 
 from repgeom.letters import ANSWER_LETTERS
-from repgeom.store.layout import (CHUNK_DONE, FORMAT_VERSION, LETTER_LOGPROB, META_COLUMNS, REPS, TOKEN_SAMPLE,
-                                  StoreError, decode)
+from repgeom.store.layout import (CHUNK_DONE, FORMAT_VERSION, LETTER_LOGPROB, LETTER_LOGPROB_LAYERS, META_COLUMNS, REPS,
+                                  TOKEN_SAMPLE, StoreError, decode)
 
 ZARR_JSON = "zarr.json"  # a zarr v3 node's metadata: the store root has one
 
@@ -60,6 +60,13 @@ def require_array(node: zarr.Group, name: str) -> zarr.Array:
         raise StoreError(f"group {node.store_path} lacks array {name!r}: the store is partial or corrupt; "
                          "delete the group and extract again")
     return array
+
+
+def letter_lens_array(node: zarr.Group) -> zarr.Array | None:
+    """The group's logit lens on the answer letters; None for a group written before the lens was kept."""
+    if LETTER_LOGPROB_LAYERS not in node:
+        return None
+    return require_array(node, LETTER_LOGPROB_LAYERS)
 
 
 def read_array(array: zarr.Array, selection=slice(None)) -> np.ndarray:
@@ -116,6 +123,15 @@ def read_layer(store_path: str | Path, group: str, layer: int, dtype=np.float32)
     reps = require_array(node, REPS)
     values = decode(read_array(reps, index), reps.attrs.get("encoding"), dtype)
     return values, prompt_frame(node)
+
+
+def read_letter_lens(store_path: str | Path, group: str) -> tuple[np.ndarray, pd.DataFrame] | None:
+    """The logit lens on the answer letters [N, L+1, 4] (float32 log-probabilities of A-D read off each stored layer;
+    layer L is the prediction, `letter_logprob`) and the prompts' labels, row-aligned; None for a group written before
+    the lens was kept (extract it again to get one)."""
+    node = _open_complete(store_path, group)
+    array = letter_lens_array(node)
+    return None if array is None else (read_array(array), prompt_frame(node))
 
 
 def read_token_sample(store_path: str | Path, group: str, layer: int,

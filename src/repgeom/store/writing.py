@@ -30,8 +30,8 @@ from zarr.codecs import BytesCodec, Crc32cCodec
 
 from repgeom.provenance.hashing import file_sha256, stream_sha256, zarr_group_hash
 from repgeom.store.layout import (ARGMAX_TOKEN, BF16_ENCODING, CHUNK_DONE, FORMAT_VERSION, LETTER_LOGPROB,
-                                  META_COLUMNS, REPS, TOKEN_SAMPLE, StoreError, storage_dtype)
-from repgeom.store.reading import open_store_group, read_array, require_array
+                                  LETTER_LOGPROB_LAYERS, META_COLUMNS, REPS, TOKEN_SAMPLE, StoreError, storage_dtype)
+from repgeom.store.reading import letter_lens_array, open_store_group, read_array, require_array
 
 # Uncompressed (activations barely compress) but checksummed, so a damaged chunk fails on read.
 CODECS = {"serializer": BytesCodec(), "compressors": [Crc32cCodec()]}
@@ -57,6 +57,7 @@ class GroupSpec:
     prompts: pd.DataFrame
     attrs: dict = field(default_factory=dict)
     token_sample: TokenSampleLayout | None = None
+    letter_lens: bool = False  # keep the logit lens on the answer letters (`letter_logprob_layers`)
 
 
 @contextmanager
@@ -150,9 +151,15 @@ def _create_group(root: zarr.Group, group: str, spec: GroupSpec) -> zarr.Group:
             spec.prompts[name].astype(str).to_numpy())
     node.create_array(LETTER_LOGPROB, shape=(n_rows, 4), chunks=(rows, 4), dtype="float32", fill_value=np.nan, **CODECS)
     node.create_array(ARGMAX_TOKEN, shape=(n_rows,), chunks=(rows,), dtype="int64", fill_value=-1, **CODECS)
+    n_layers = len(spec.layer_names)
+    if spec.letter_lens:
+        node.create_array(LETTER_LOGPROB_LAYERS, shape=(n_rows, n_layers, 4), chunks=(rows, n_layers, 4),
+                          dtype="float32", fill_value=np.nan, dimension_names=("prompt", "layer", "letter"), **CODECS)
     node.create_array(CHUNK_DONE, shape=(n_chunks,), chunks=(1,), dtype="uint8", fill_value=0, **CODECS)
     sample = spec.token_sample
-    n_files = len(spec.layer_names) + 2 + (len(sample.layers) if sample is not None else 0)
+    # A row chunk's files (`GroupWriter.chunk_files`): reps per layer, the prediction arrays, the token sample per
+    # sampled layer.
+    n_files = n_layers + (3 if spec.letter_lens else 2) + (len(sample.layers) if sample is not None else 0)
     node.create_array(CHUNK_SHA256, shape=(n_chunks, n_files, 32), chunks=(1, n_files, 32), dtype="uint8",
                       fill_value=0, **CODECS)
     if sample is not None:
@@ -181,6 +188,7 @@ class GroupWriter:
         self.reps = require_array(node, REPS)
         self.letter_logprob = require_array(node, LETTER_LOGPROB)
         self.argmax_token = require_array(node, ARGMAX_TOKEN)
+        self.letter_lens = letter_lens_array(node)  # None: a group without (or from before) the lens
         self.done = require_array(node, CHUNK_DONE)
         self.sample_reps = require_array(node, f"{TOKEN_SAMPLE}/{REPS}") if node.attrs.get("token_sample") else None
         self.n_rows = self.reps.shape[1]
@@ -194,8 +202,7 @@ class GroupWriter:
             digests = self.node[CHUNK_SHA256]
         except KeyError:
             return None
-        n_files = self.reps.shape[0] + 2 + (self.sample_reps.shape[0] if self.sample_reps is not None else 0)
-        if not isinstance(digests, zarr.Array) or digests.shape != (self.n_chunks, n_files, 32):
+        if not isinstance(digests, zarr.Array) or digests.shape != (self.n_chunks, len(self.chunk_files(0)), 32):
             return None
         return digests
 
@@ -207,6 +214,11 @@ class GroupWriter:
                 f"group {self.node.store_path} holds {self.reps.shape} [layers, prompts, hidden] with layers "
                 f"{self.node.attrs.get('layer_names')}, but this model gives {expected} with {spec.layer_names}: "
                 "the store is corrupt or from another model; delete the group and extract again")
+        lens_expected = (len(spec.prompts), len(spec.layer_names), 4)
+        if self.letter_lens is not None and self.letter_lens.shape != lens_expected:
+            raise StoreError(
+                f"group {self.node.store_path} holds a logit lens of {self.letter_lens.shape} [prompts, layers, "
+                f"letters], not {lens_expected}: the store is corrupt; delete the group and extract again")
 
     def remove_stale_partial_files(self) -> None:
         """zarr writes a chunk to a `.partial` file and renames it; a kill can leave that temporary behind."""
@@ -228,12 +240,18 @@ class GroupWriter:
         return read_array(self.done).astype(bool)
 
     def write_chunk(self, chunk: int, reps: np.ndarray, letter_logprob: np.ndarray, argmax_token: np.ndarray,
-                    sample: np.ndarray | None) -> None:
-        """Write row chunk `chunk` (reps [n_layers, rows, D] in the storage dtype), fsync it, then mark it done."""
+                    sample: np.ndarray | None, letter_lens: np.ndarray | None = None) -> None:
+        """Write row chunk `chunk` (reps [n_layers, rows, D] in the storage dtype), fsync it, then mark it done.
+        `letter_lens` [rows, n_layers, 4], the logit lens, is stored where the group keeps one (`GroupSpec.letter_lens`;
+        a group from before the lens was kept has none)."""
+        if self.letter_lens is not None and letter_lens is None:
+            raise ValueError(f"{self.node.store_path} keeps the logit lens: row chunk {chunk} needs its letter_lens")
         start, stop = self.chunk_bounds(chunk)
         self.reps[:, start:stop, :] = reps
         self.letter_logprob[start:stop] = letter_logprob
         self.argmax_token[start:stop] = argmax_token
+        if self.letter_lens is not None:
+            self.letter_lens[start:stop] = letter_lens
         if self.sample_reps is not None:
             self.sample_reps[:, chunk] = sample
         digests = [self._fsync(array, coords, digest=True) for array, coords in self.chunk_files(chunk)]
@@ -247,6 +265,8 @@ class GroupWriter:
         """The zarr chunks that row chunk `chunk` writes, in the order of its `chunk_sha256` entries."""
         files = [(self.reps, (layer, chunk, 0)) for layer in range(self.reps.shape[0])]
         files += [(self.letter_logprob, (chunk, 0)), (self.argmax_token, (chunk,))]
+        if self.letter_lens is not None:
+            files.append((self.letter_lens, (chunk, 0, 0)))
         if self.sample_reps is not None:
             files += [(self.sample_reps, (layer, chunk, 0, 0)) for layer in range(self.sample_reps.shape[0])]
         return files
