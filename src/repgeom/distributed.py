@@ -78,6 +78,10 @@ def init_process_group(info: RankInfo, zero3: bool, device: torch.device, *, dee
     # zero.Init places partitions on LOCAL_RANK's device).
     for name, value in (("RANK", info.rank), ("WORLD_SIZE", info.world_size), ("LOCAL_RANK", info.local_rank)):
         os.environ.setdefault(name, str(value))
+    if info.world_size == 1:
+        # A single rank has no peer to share memory with; DeepSpeed's shared-memory allreduce kernel would still be
+        # compiled on a machine's first run (about a minute of a 2-core machine). Its op table is meant to be edited.
+        ds.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     ds.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", auto_mpi_discovery=False,
                         timeout=timeout, init_method=init_method, rank=info.rank, world_size=info.world_size)
 
