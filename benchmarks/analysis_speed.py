@@ -3,15 +3,22 @@
   python benchmarks/analysis_speed.py                     # N = 10,000, D = 4096 (docs/design.md §11)
   python benchmarks/analysis_speed.py --n 4000 --d 1024   # a few minutes on 2 cores
 
+Counted per condition and layer, as the workflow runs them:
 (a) reference: `Data(X)`, `compute_distances(maxk)` (sklearn brute force), Gride, TwoNN, kNN density,
-    ADP without and with halo, label overlaps; and the data overlap with a second representation of
-    the same points, computed from scratch (DADApy's k-NN of both sides, k = 30).
-(b) this project on the CPU: `analyze_layer` (exact torch kNN fed to the same DADApy calls, plus
-    local ID and linear probes, which the reference path does not have) and the same overlap as the
-    `overlap` command computes it (torch k-NN of both sides, DADApy's overlap).
+    ADP without and with halo, label overlaps; and the data overlap with a second representation Y of
+    the same points, computed as the reference does (DADApy's k-NN of both sides, k = 30).
+(b) this project on the CPU: `layer_analysis` (exact kNN fed to the same DADApy calls, plus local ID and
+    linear probes, which the reference path does not have) and the overlap as the `overlap` command computes
+    it: from the neighbours X's analysis kept and those Y's own analysis kept (Y's are computed outside the
+    timing: they belong to Y's condition and layer).
 (c) the same on the GPU, when there is one.
-Results must agree: every metric of (b) and (c) equal to (a)'s (IDs to 1e-6 relative, the rest
-exactly). Prints a table and writes a JSON.
+Results must agree: every metric of (b) and (c) equal to (a)'s (IDs to 1e-6 relative, since the distances may
+differ from sklearn's in the last bits; the rest exactly).
+
+The machine's matmul rate is measured in the same run: one float32 Gram matrix X X^T of the layer (2 N^2 D
+FLOP, torch), against which the kNN's time is given. And a small layer at the default's scale (N = 600,
+D = 576, config/config.yaml's analysis parameters): its whole analysis, once the process has started (the
+start-up, paid once per job for all its layers, is given apart). Prints a table and writes a JSON.
 """
 from __future__ import annotations
 
@@ -19,6 +26,8 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -28,15 +37,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from dadapy import Data  # noqa: E402
 from sklearn.metrics import adjusted_rand_score  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from repgeom.analysis.geometry import data_overlap  # noqa: E402
-from repgeom.analysis.layer import analyze_layer  # noqa: E402
-from repgeom.analysis.neighbors import knn  # noqa: E402
+from repgeom.analysis.layer import layer_analysis  # noqa: E402
+from repgeom.analysis.neighbor_artifact import layer_neighbors  # noqa: E402
+from repgeom.analysis.overlap import OverlapSide, pair_overlap  # noqa: E402
 from repgeom.analysis.params import AnalysisParams  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 # Stages of (b) that the reference path also has; local_id and probes are extra metrics.
 SHARED_STAGES = ("prepare", "knn", "id", "density_adp", "label_overlap", "overlap")
 
@@ -65,6 +76,18 @@ def timed(timings: dict, stage: str, fn, *args, **kwargs):
     return out
 
 
+def gram_seconds(X: np.ndarray, device: str) -> float:
+    """Wall time of one float32 Gram matrix X X^T (torch, IEEE float32)."""
+    x = torch.from_numpy(X).to(device)
+    start = time.perf_counter()
+    gram = x @ x.T
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    del gram
+    return seconds
+
+
 def reference_path(X, Y, labels, p: AnalysisParams) -> tuple[dict, dict]:
     """(a): the DADApy-only path, stage by stage."""
     t = {}
@@ -91,22 +114,22 @@ def reference_path(X, Y, labels, p: AnalysisParams) -> tuple[dict, dict]:
 
 
 def reference_overlap(X, Y, k):
-    """One pair of the overlap, from scratch as the `overlap` command does it: both sides' k-NN."""
+    """One pair of the overlap, as the reference computes it: both sides' k-NN from scratch."""
     data = Data(coordinates=X.astype(np.float64), verbose=False)
     data.compute_distances(maxk=k)
     return data.return_data_overlap(coordinates=Y.astype(np.float64), k=k)
 
 
-def project_path(X, Y, labels, p: AnalysisParams, device: str) -> tuple[dict, dict]:
-    """(b)/(c): analyze_layer, plus the overlap the way the `overlap` command computes it."""
+def project_path(X, labels, y_neighbors, p: AnalysisParams, device: str) -> tuple[dict, dict]:
+    """(b)/(c): layer_analysis, plus the overlap from the neighbours it kept and those Y's analysis kept."""
     t = {}
-    rows = pd.DataFrame(analyze_layer(X, labels, p, device=device, timings=t))
+    result = layer_analysis(X, labels, p, device=device, timings=t)
+    rows = pd.DataFrame(result.rows)
     gride = rows[rows.metric == "id_gride"]
     out = {"id_gride": gride["value"].to_numpy(), "id_gride_err": gride["error"].to_numpy()}
     out.update({m: v for m, v in zip(rows.metric, rows.value) if m != "id_gride"})
-    knn_x = timed(t, "overlap", knn, X, p.overlap_k, device=device)
-    knn_y = timed(t, "overlap", knn, Y, p.overlap_k, device=device)
-    out["data_overlap"] = timed(t, "overlap", data_overlap, knn_x, knn_y, p.overlap_k)
+    sides = (OverlapSide(result.neighbors, p.overlap_k), OverlapSide(y_neighbors, p.overlap_k))
+    out["data_overlap"] = timed(t, "overlap", pair_overlap, *sides, p.overlap_k)[0]
     return out, t
 
 
@@ -121,6 +144,26 @@ def differences(ref: dict, got: dict) -> list[str]:
     return bad
 
 
+def small_layer(n: int, d: int, repeats: int, seed: int) -> dict:
+    """The whole analysis of a default-scale layer in a warm process (fastest of `repeats`), and the start-up of
+    a fresh `python -m repgeom.analysis` process, which a job pays once for all its layers."""
+    params = AnalysisParams(**yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["analysis"]["params"])
+    X, _, labels = synthetic_layer(n, d, 6, seed)
+    layer_analysis(X, labels, params, device="cpu")  # the first call in a process warms caches and lazy imports
+    best, stages = float("inf"), {}
+    for _ in range(repeats):
+        t = {}
+        start = time.perf_counter()
+        layer_analysis(X, labels, params, device="cpu", timings=t)
+        seconds = time.perf_counter() - start
+        if seconds < best:
+            best, stages = seconds, t
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import repgeom.analysis.__main__"], check=True)
+    return {"n": n, "d": d, "params": "config/config.yaml", "layer_s": best, "stages_s": stages,
+            "process_start_s": time.perf_counter() - start}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=10_000)
@@ -130,6 +173,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1, help="interleaved runs of each path; the fastest is kept")
+    parser.add_argument("--small-n", type=int, default=600, help="points of the default-scale layer")
+    parser.add_argument("--small-d", type=int, default=576, help="width of the default-scale layer")
     parser.add_argument("--no-gpu", action="store_true", help="skip (c) even when a GPU is present")
     parser.add_argument("--out", default="benchmarks/results/analysis_speed.json")
     args = parser.parse_args()
@@ -137,42 +182,61 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     p = AnalysisParams(maxk=args.maxk)
     X, Y, labels = synthetic_layer(args.n, args.d, args.subjects, args.seed)
-    paths = {"a_dadapy_reference": lambda: reference_path(X, Y, labels, p),
-             "b_project_cpu": lambda: project_path(X, Y, labels, p, "cpu")}
+    devices = {"b_project_cpu": "cpu"}
     if torch.cuda.is_available() and not args.no_gpu:
-        project_path(X[:2000], Y[:2000], labels[:2000], p, "cuda")  # warm-up: CUDA context, kernels
-        paths["c_project_gpu"] = lambda: project_path(X, Y, labels, p, "cuda")
-    runs = {}
+        devices["c_project_gpu"] = "cuda"
+    runs, gram = {}, {}
     with threadpool_limits(limits=args.threads):
+        y_neighbors = layer_neighbors(Y, p.kept_neighbors)  # what Y's own analysis keeps (outside the timing)
+        paths = {"a_dadapy_reference": lambda: reference_path(X, Y, labels, p)}
+        for name, device in devices.items():
+            if device == "cuda":
+                project_path(X[:2000], labels[:2000], layer_neighbors(Y[:2000], p.kept_neighbors), p, device)  # warm-up
+            paths[name] = lambda device=device: project_path(X, labels, y_neighbors, p, device)
         # Interleaved repeats, fastest kept: other jobs on a shared machine only ever add time.
         for _ in range(args.repeats):
             for name, path in paths.items():
+                if name in devices:
+                    gram[name] = min(gram.get(name, np.inf), gram_seconds(X, devices[name]))
                 result = path()
                 if name not in runs or sum(result[1].values()) < sum(runs[name][1].values()):
                     runs[name] = result
+        small = small_layer(args.small_n, args.small_d, max(5, 5 * args.repeats), args.seed)
 
     ref, ref_t = runs["a_dadapy_reference"]
     report = {"n": args.n, "d": args.d, "maxk": args.maxk, "threads": args.threads, "subjects": args.subjects,
               "repeats": args.repeats,
               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                           "gpu": torch.cuda.get_device_name() if "c_project_gpu" in runs else None},
-              "reference_results": {k: np.asarray(v).tolist() for k, v in ref.items()}, "runs": {}}
-    a_total = sum(ref_t.values())
+              "reference_results": {k: np.asarray(v).tolist() for k, v in ref.items()}, "runs": {},
+              "small_layer": small}
+    a_shared = sum(ref_t.values())
     print(f"N={args.n} D={args.d} maxk={args.maxk} threads={args.threads} (fastest of {args.repeats})")
     stages = list(dict.fromkeys([*ref_t, *runs["b_project_cpu"][1]]))
     print(f"{'stage':<15}" + "".join(f"{name:>22}" for name in runs))
     for stage in stages:
         print(f"{stage:<15}" + "".join(f"{runs[name][1].get(stage, float('nan')):>21.2f}s" for name in runs))
+    gram_flop = 2.0 * args.n * args.n * args.d
     for name, (results, t) in runs.items():
         shared = sum(t.get(s, 0.0) for s in SHARED_STAGES)
         total = sum(t.values())
         mismatches = [] if name.startswith("a_") else differences(ref, results)
-        report["runs"][name] = {"stages_s": t, "same_metrics_as_reference_s": shared, "all_metrics_s": total,
-                                "speedup_same_metrics": a_total / shared, "speedup_all_metrics": a_total / total,
-                                "identical_to_reference": not mismatches, "mismatches": mismatches}
-        print(f"{name}: reference's metric set {shared:.2f} s ({a_total / shared:.2f}x of (a)), "
-              f"all metrics {total:.2f} s ({a_total / total:.2f}x), "
+        entry = {"stages_s": t, "same_metrics_as_reference_s": shared, "all_metrics_s": total,
+                 "speedup_same_metrics": a_shared / shared, "speedup_all_metrics": a_shared / total,
+                 "identical_to_reference": not mismatches, "mismatches": mismatches}
+        print(f"{name}: reference's metric set {shared:.2f} s ({a_shared / shared:.2f}x of (a)), "
+              f"all metrics {total:.2f} s ({a_shared / total:.2f}x), "
               f"{'identical to (a)' if not mismatches else 'DIFFERS: ' + '; '.join(mismatches)}")
+        if name in gram:
+            rate = gram_flop / gram[name] / 1e9
+            entry.update(float32_gram_s=gram[name], matmul_gflops=rate, knn_over_gram=t["knn"] / gram[name])
+            print(f"  matmul rate: one float32 Gram matrix (2 N^2 D = {gram_flop:.2g} FLOP) in {gram[name]:.2f} s "
+                  f"= {rate:.0f} GFLOP/s; kNN {t['knn']:.2f} s = {t['knn'] / gram[name]:.2f} Gram matrices "
+                  f"({100 * gram[name] / t['knn']:.0f}% of the matmul rate)")
+        report["runs"][name] = entry
+    print(f"small layer N={small['n']} D={small['d']} ({small['params']} parameters): {small['layer_s']:.3f} s per "
+          "layer, all metrics (" + ", ".join(f"{k} {v:.3f}" for k, v in small["stages_s"].items())
+          + f"); process start-up {small['process_start_s']:.2f} s, once per job")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=float) + "\n")

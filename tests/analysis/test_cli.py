@@ -11,10 +11,13 @@ from dadapy import Data
 import repgeom.store
 from repgeom.analysis.geometry import data_overlap
 from repgeom.analysis.layer import analyze_layer
+from repgeom.analysis.neighbor_artifact import NeighborArtifact, layer_neighbors
 from repgeom.analysis.neighbors import deduplicate, knn
-from repgeom.analysis.__main__ import OverlapSide, data_overlap_distinct, main, pair_overlap, parse_layers
+from repgeom.analysis.overlap import OverlapSide, data_overlap_distinct
+from repgeom.analysis.__main__ import main, parse_layers
 
 N_LAYERS = 3
+FAST = '{"maxk": 100, "local_id_neighbors": 32}'
 
 
 def fake_store(X0: np.ndarray, labels: pd.DataFrame) -> dict:
@@ -95,11 +98,45 @@ def test_layers_bad_input_fails_cleanly_without_output(store, tmp_path, capsys):
     assert "--params-json: analysis parameter Z must be positive" in capsys.readouterr().err
 
 
+def analysed(tmp_path, groups=("tiny/base", "tiny/icl"), blocks=("0-1", "2")) -> list[str]:
+    """Run the per-layer analysis of each group, a job per block of layers, keeping neighbours; their artifacts."""
+    artifacts = []
+    for group in groups:
+        for block in blocks:
+            artifact = str(tmp_path / "neighbors" / group / f"layers_{block}.zarr")
+            assert main(["layers", "--store", "acts.zarr", "--group", group, "--layers", block, "--params-json", FAST,
+                         "--out", str(tmp_path / "metrics" / group / f"{block}.parquet"),
+                         "--neighbors-out", artifact]) == 0
+            artifacts.append(artifact)
+    return artifacts
+
+
+def test_layers_keep_each_layers_neighbours(store, tmp_path):
+    data, calls = store
+    [path] = analysed(tmp_path, groups=["tiny/icl"], blocks=["0-2"])
+    artifact = NeighborArtifact(path)
+    assert (artifact.group, artifact.layers, artifact.kept_neighbors) == ("tiny/icl", [0, 1, 2], 60)
+    X, meta = data["tiny/icl"][2]
+    np.testing.assert_array_equal(artifact.question_ids, meta["question_id"])
+    stored, expected = artifact.layer(2), layer_neighbors(X, 60)
+    np.testing.assert_array_equal(stored.distinct_index, expected.distinct_index)
+    np.testing.assert_array_equal(stored.ind, expected.ind)
+    np.testing.assert_allclose(stored.dist, expected.dist, rtol=1e-12)
+    assert artifact.layer(0).ind.tolist() == [[0]] and (artifact.layer(0).distinct_index == 0).all()
+    # Hashed as the activation store's groups are, so that provenance records take the hash as it is.
+    from repgeom.provenance import zarr_group_hash
+    assert artifact._root.attrs["content_sha256"] == zarr_group_hash(path)
+    assert [p.name for p in (tmp_path / "neighbors" / "tiny" / "icl").iterdir()] == ["layers_0-2.zarr"]
+
+
 def test_overlap_end_to_end(store, tmp_path):
-    data, _ = store
+    data, calls = store
     out = tmp_path / "overlap.parquet"
+    artifacts = analysed(tmp_path)
+    calls.clear()
     assert main(["overlap", "--store", "acts.zarr", "--groups", "tiny/base", "tiny/icl", "--k", "30",
-                 "--out", str(out)]) == 0
+                 "--neighbors", *artifacts, "--out", str(out)]) == 0
+    assert calls == []  # every neighbour read from the artifacts, none recomputed from the store
     table = pd.read_parquet(out)
     assert table.columns.tolist() == ["model", "condition_a", "condition_b", "layer_a", "layer_b", "metric", "k",
                                       "value", "note"]
@@ -125,11 +162,29 @@ def test_overlap_rejects_a_different_prompt_set(store, tmp_path, capsys):
     data, _ = store
     for X, meta in data["tiny/icl"]:
         meta.loc[3, "question_id"] = "other"
-    assert main(["overlap", "--store", "acts.zarr", "--groups", "tiny/base", "tiny/icl", "--out",
-                 str(tmp_path / "o.parquet")]) == 1
+    artifacts = analysed(tmp_path)
+    assert main(["overlap", "--store", "acts.zarr", "--groups", "tiny/base", "tiny/icl", "--neighbors", *artifacts,
+                 "--out", str(tmp_path / "o.parquet")]) == 1
     err = capsys.readouterr().err
-    assert "tiny/icl layer 0: not the same prompts as the first group (1 question ids only here" in err
+    assert (f"tiny/icl (neighbour artifact {artifacts[2]!r}): not the same prompts as the first group (1 question ids "
+            "only here") in err
     assert "different prompt set" in err and not (tmp_path / "o.parquet").exists()
+
+
+def test_overlap_names_missing_or_unfit_neighbour_artifacts(store, tmp_path, capsys):
+    artifacts = analysed(tmp_path)
+    out = str(tmp_path / "o.parquet")
+    command = ["overlap", "--store", "acts.zarr", "--groups", "tiny/base", "tiny/icl", "--out", out]
+    assert main(command + ["--neighbors", *artifacts[:3]]) == 1
+    assert "no neighbour artifact among --neighbors holds layers [2] of tiny/icl" in capsys.readouterr().err
+    assert main(command + ["--k", "61", "--neighbors", *artifacts]) == 1
+    err = capsys.readouterr().err
+    assert f"neighbour artifact {artifacts[0]!r} keeps 60 neighbours per point, fewer than --k 61" in err
+    assert main(command + ["--neighbors", *artifacts, artifacts[0]]) == 1
+    assert "layer 0 of tiny/base is in two neighbour artifacts" in capsys.readouterr().err
+    assert main(command + ["--neighbors", str(tmp_path / "nothing.zarr")]) == 1
+    assert f"neighbour artifact {str(tmp_path / 'nothing.zarr')!r} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "o.parquet").exists()
 
 
 def test_parse_layers():
@@ -143,9 +198,10 @@ def test_parse_layers():
 
 def test_overlap_rejects_mixed_models_and_repeated_groups(store, tmp_path, capsys):
     out = str(tmp_path / "o.parquet")
-    assert main(["overlap", "--store", "acts.zarr", "--groups", "tiny/base", "other/icl", "--out", out]) == 1
+    command = ["overlap", "--store", "acts.zarr", "--neighbors", "n.zarr", "--out", out, "--groups"]
+    assert main(command + ["tiny/base", "other/icl"]) == 1
     assert "--groups span models ['other', 'tiny']" in capsys.readouterr().err
-    assert main(["overlap", "--store", "acts.zarr", "--groups", "tiny/base", "tiny/base", "--out", out]) == 1
+    assert main(command + ["tiny/base", "tiny/base"]) == 1
     assert "--groups repeats a condition" in capsys.readouterr().err
 
 
@@ -209,17 +265,39 @@ def test_overlap_drops_rows_duplicated_in_either_side(mixture_data):
     assert data_overlap_distinct(X, Y, 30) == (pytest.approx(data_overlap(knn(X, 30), knn(Y, 30), 30), abs=1e-15), 0, "")
 
 
-def test_a_side_reuses_its_own_knn_and_recomputes_only_for_other_rows(mixture_data):
+def test_stored_neighbours_serve_pairs_and_are_recomputed_only_when_they_cannot(mixture_data):
+    """A side's kNN on the rows a pair keeps, read off its stored lists, is the kNN of those rows; when the other
+    side drops so many rows that a list keeps fewer than k, it is computed again (once per set of rows)."""
     X, _ = mixture_data
-    A, B, _ = with_duplicate_pairs(X[:300], X[:300] * 2.0, n_pairs=3)
+    A = X[:300]
     reloads = []
-    side_a = OverlapSide(A, 10, reload=lambda: reloads.append("A") or A)
-    side_b = OverlapSide(B, 10, reload=lambda: reloads.append("B") or B)
-    pair_overlap(side_a, side_b, 10)
-    pair_overlap(side_a, side_b, 10)  # the second time from the cache
-    assert sorted(reloads) == ["A", "B"]
-    clean = OverlapSide(X[:300], 10, reload=lambda: pytest.fail("no reload needed"))
-    assert pair_overlap(clean, OverlapSide(X[:300] + 1.0, 10), 10) == (1.0, 0, "")
+    side = OverlapSide(layer_neighbors(A, 20), 10, reload=lambda: reloads.append("A") or A)
+    for drop_rows in ([], [5, 17, 260], list(np.argsort(((A - A[0]) ** 2).sum(1))[1:12])):
+        drop = np.zeros(len(A), dtype=bool)
+        drop[drop_rows] = True
+        got = side.knn_without(drop)
+        np.testing.assert_array_equal(got[1], knn(A[~drop], 10)[1])
+    assert reloads == ["A"]  # the last set dropped row 0's 11 nearest: its list of 20 kept 9 < k
+    side.knn_without(drop)
+    assert reloads == ["A"]
+
+
+def test_stored_neighbours_keep_the_tie_order_of_the_reference_rows():
+    """Integer rows tie at every rank; the group stores them in another order than the reference. Read off the
+    stored lists (and re-sorted by position), the kNN equals the one computed on the rows in the reference order,
+    or, where a tie reaches past the stored lists, is computed again."""
+    rng = np.random.default_rng(3)
+    reference = rng.integers(-3, 4, size=(300, 5)).astype(np.float64)
+    reference = reference[np.unique(reference, axis=0, return_index=True)[1]]  # distinct rows
+    stored_order = rng.permutation(len(reference))
+    order = np.argsort(stored_order)  # reference position -> stored row
+    drop = np.zeros(len(reference), dtype=bool)
+    drop[[4, 9, 100]] = True
+    expected = knn(reference[~drop], 10)[1]
+    for width, served in ((40, True), (12, False)):
+        side = OverlapSide(layer_neighbors(reference[stored_order], width), 10, order=order, reload=lambda: reference)
+        np.testing.assert_array_equal(side.knn_without(drop)[1], expected)
+        assert (side._computed == {}) == served, width
 
 
 def test_too_few_rows_left_after_dropping():
@@ -245,9 +323,10 @@ def test_overlap_cli_drops_duplicates_of_either_condition(store, tmp_path, caplo
     for source, copy in (("q0007", "q0008"), ("q0120", "q0300")):
         _copy_row(data, "tiny/icl", 2, source, copy)
     out = tmp_path / "overlap.parquet"
+    artifacts = analysed(tmp_path)
     with caplog.at_level(logging.INFO, logger="repgeom.analysis"):
         assert main(["overlap", "--store", "acts.zarr", "--groups", "tiny/base", "tiny/icl", "--layers", "1-2",
-                     "--k", "30", "--out", str(out)]) == 0
+                     "--k", "30", "--neighbors", *artifacts, "--out", str(out)]) == 0
     table = pd.read_parquet(out).set_index(["condition_a", "condition_b", "layer_a", "layer_b"])
 
     base1, base2 = (data["tiny/base"][layer][0] for layer in (1, 2))

@@ -19,7 +19,7 @@ def mixture_both_paths(mixture_data):
     X, labels = mixture_data
     reference = dadapy_reference(X, labels, PARAMS)
     dist, ind = knn(X, PARAMS.maxk)
-    data = geometry.make_data(X, dist, ind, PARAMS.maxk)
+    data = geometry.make_data(dist, ind, PARAMS.maxk)
     return X, labels, reference, data, (dist, ind)
 
 
@@ -98,7 +98,7 @@ def test_adp_labels_out_of_range_raise(monkeypatch, mixture_both_paths):
 
 def test_ids_of_a_curved_manifold_of_known_dimension(sphere5):
     dist, ind = knn(sphere5, 100)
-    data = geometry.make_data(sphere5, dist, ind, 100)
+    data = geometry.make_data(dist, ind, 100)
     ids, _, ranks = geometry.gride_ids(data, 100)
     for rank, value in zip(ranks, ids):
         if 4 <= rank <= 32:

@@ -1,4 +1,5 @@
-"""The kNN equals a float64 brute force; deduplication keeps first occurrences."""
+"""The kNN equals a float64 brute force, by either path (float32 candidates re-checked in float64, or float64 keys
+for data whose neighbourhoods rows do not share); deduplication keeps first occurrences."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,11 +7,19 @@ import pytest
 import torch
 from dadapy import Data
 from scipy.spatial.distance import cdist
+from sklearn.metrics import pairwise_distances
+from sklearn.neighbors import NearestNeighbors
 
-from repgeom.analysis.neighbors import deduplicate, knn
+from repgeom.analysis.neighbors import deduplicate, distinct_rows, knn
 from repgeom.analysis import neighbors
 
-original_brute_force_row = neighbors._brute_force_row
+
+@pytest.fixture(params=["float32 candidates", "float64 keys"])
+def both_paths(request, monkeypatch):
+    """A kNN test that uses this runs both ways: the choice (made on how much rows share their neighbourhoods) only
+    changes the time, never the result."""
+    monkeypatch.setattr(neighbors, "_shared_neighbourhoods", lambda *args: request.param == "float32 candidates")
+    return request.param
 
 
 def assert_knn_equal(got, ref):
@@ -54,11 +63,17 @@ def test_deduplicate_keeps_first_occurrences_in_order():
     assert kept.tolist() == [i for i in range(len(X)) if i not in (10, 11, 13)]
     np.testing.assert_array_equal(U, X[kept])
     assert U.dtype == np.float64
+    same_kept, distinct_index = distinct_rows(X)
+    np.testing.assert_array_equal(same_kept, kept)
+    first = {10: 3, 11: 3, 13: 12}
+    np.testing.assert_array_equal(kept[distinct_index], [first.get(i, i) for i in range(len(X))])
 
 
-@pytest.mark.parametrize("block", [None, 97])
-def test_knn_equals_float64_brute_force(block):
-    X = with_duplicates()
+@pytest.mark.usefixtures("both_paths")
+@pytest.mark.parametrize("block, D", [(None, 64), (97, 64), (97, 200)])
+def test_knn_equals_float64_brute_force(block, D):
+    """Blocks of several sizes; the float32 keys computed a panel of rows at a time (N > 4 D) or whole (N <= 4 D)."""
+    X = with_duplicates(D=D)
     dist, ind = knn(X, 80, block=block)
     assert_knn_equal((dist, ind), brute_force(X, 80))
     # DADApy's convention: the point itself first at distance 0, also for duplicated rows.
@@ -79,6 +94,7 @@ def assert_same_where_resolved(got, ref, rtol):
     np.testing.assert_array_equal(ind[resolved], ref_ind[resolved])
 
 
+@pytest.mark.usefixtures("both_paths")
 def test_knn_matches_scipy_cdist():
     """Against an independent brute force that sums in another order."""
     X = with_duplicates(seed=1, n=500, D=300)
@@ -89,20 +105,58 @@ def test_knn_matches_scipy_cdist():
     assert_same_where_resolved(knn(X, 60), ref, rtol=1e-14)
 
 
-def test_knn_brute_forces_rows_it_cannot_prove(monkeypatch):
-    """A point with more exact copies than candidates: its rows are redone over all points."""
-    redone = []
-    monkeypatch.setattr(neighbors, "_brute_force_row",
-                        lambda x, r, n: redone.append(int(r)) or original_brute_force_row(x, r, n))
+@pytest.mark.usefixtures("both_paths")
+def test_knn_widens_candidate_sets_it_cannot_prove_complete():
+    """60 copies of one point and maxk 20: a copy's first candidate set (maxk + 16 columns) cannot hold all the
+    copies tied at distance 0, so it is widened until it provably does; ties stay in index order."""
     rng = np.random.default_rng(2)
     X = rng.standard_normal((300, 16))
     X[100:160] = X[100]
     dist, ind = knn(X, 20)
-    assert set(range(100, 160)) <= set(redone)  # and rows whose k-th neighbour is one of the copies
     assert_knn_equal((dist, ind), brute_force(X, 20))
     assert ind[130, :4].tolist() == [130, 100, 101, 102]
 
 
+@pytest.mark.usefixtures("both_paths")
+@pytest.mark.parametrize("maxk", [5, 37, 120])
+def test_knn_equals_sklearn_brute_force_with_ties(maxk):
+    """Small integer coordinates: every distance is exact in float64 (sklearn's Gram trick too), and rows tie at
+    every rank, across the maxk boundary too, and repeat each other. sklearn's brute force gives the same
+    distances and, tie order aside, the same neighbours; the tie order is the row index."""
+    rng = np.random.default_rng(7)
+    X = rng.integers(-2, 3, size=(400, 6)).astype(np.float64)
+    dist, ind = knn(X, maxk, block=64)
+    ref_dist, ref_ind = NearestNeighbors(n_neighbors=maxk + 1, algorithm="brute").fit(X).kneighbors(X)
+    # sklearn puts a row's exact copies anywhere among its zero distances, itself included.
+    np.testing.assert_allclose(dist[:, 1:], ref_dist[:, 1:], rtol=1e-13, atol=0)
+    last = ref_dist[:, -1:]
+    for row in range(len(X)):  # neighbours not tied with the last one are the same sets
+        assert set(ind[row, 1:][ref_dist[row, 1:] < last[row]]) == set(ref_ind[row][ref_dist[row] < last[row]]) - {row}
+    full = pairwise_distances(X, metric="euclidean", n_jobs=1)
+    np.fill_diagonal(full, -1.0)  # the point itself first, then (distance, index)
+    np.testing.assert_array_equal(ind, np.argsort(full, axis=1, kind="stable")[:, :maxk + 1])
+
+
+def test_knn_of_small_layers_computes_every_pair_in_float64():
+    """maxk near N: the float32 pass is skipped, the result is the same."""
+    X = with_duplicates(seed=5, n=150, D=32)
+    assert_knn_equal(knn(X, 100), brute_force(X, 100))
+    assert_knn_equal(knn(X, 149), brute_force(X, 149))
+
+
+@pytest.mark.usefixtures("both_paths")
+@pytest.mark.parametrize("scale", [2.0 ** -90, 1.0, 3.0 ** 40])
+def test_knn_bounds_hold_at_any_magnitude_and_offset(scale):
+    """A large common offset, rows of very different norms and values far outside float32's comfortable range:
+    the keys are bounds (float32 ones on the scaled rows), so the result is still the float64 brute force."""
+    rng = np.random.default_rng(8)
+    X = 1e4 + rng.standard_normal((500, 48)) * np.exp(rng.uniform(-3, 3, (500, 1)))
+    X[40] = X[41] + 1e-9
+    X *= scale
+    assert_knn_equal(knn(X, 40, block=128), brute_force(X, 40))
+
+
+@pytest.mark.usefixtures("both_paths")
 def test_knn_feeds_dadapy_like_its_own():
     rng = np.random.default_rng(3)
     X = rng.standard_normal((800, 40)) @ rng.standard_normal((40, 200))
@@ -119,12 +173,30 @@ def test_knn_rejects_maxk_out_of_range():
         knn(np.eye(10), 10)
 
 
+@pytest.mark.usefixtures("both_paths")
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
 def test_knn_gpu_equals_float64_brute_force():
     X = with_duplicates(seed=4, n=3000, D=512)
     got = knn(X, 500, device="cuda")
     assert_same_where_resolved(got, brute_force(X, 500), rtol=1e-13)
     assert got[1][4, 1:4].tolist() == [21, 20, 22] and got[1][3, :3].tolist() == [3, 10, 11]
+
+
+def test_the_float32_path_is_chosen_where_rows_share_neighbourhoods():
+    """Clusters and a curved low-dimensional manifold: neighbouring rows share most of their candidates, so float32
+    candidates re-checked in float64 cost less than a float64 Gram matrix; isotropic noise: they do not."""
+    rng = np.random.default_rng(0)
+    sphere = rng.standard_normal((3000, 3))
+    sphere /= np.linalg.norm(sphere, axis=1, keepdims=True)
+    layers = {"clusters": 10 * rng.standard_normal((30, 64))[rng.integers(0, 30, 3000)] + rng.standard_normal((3000, 64)),
+              "sphere": sphere @ rng.standard_normal((3, 64)), "noise": rng.standard_normal((3000, 64))}
+    chosen = {}
+    for name, X in layers.items():
+        x = torch.from_numpy(X)
+        a = x - x.mean(0)
+        sq = (a * a).sum(1)
+        chosen[name] = neighbors._shared_neighbourhoods(neighbors._Keys(a, sq, torch.float32, 2048), 116, 128)
+    assert chosen == {"clusters": True, "sphere": True, "noise": False}
 
 
 def test_deduplicate_tells_hash_collisions_from_duplicates():

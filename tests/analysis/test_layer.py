@@ -9,7 +9,8 @@ import pytest
 from dadapy import Data
 
 from repgeom.analysis.geometry import dadapy_reference
-from repgeom.analysis.layer import AnalysisInputError, analyze_layer
+from repgeom.analysis.layer import AnalysisInputError, analyze_layer, layer_analysis
+from repgeom.analysis.neighbor_artifact import layer_neighbors
 from repgeom.analysis.params import AnalysisParams
 from repgeom.analysis.layer import LOCAL_ID_STATS
 
@@ -66,6 +67,22 @@ def test_values_match_dadapy_and_the_data(mixture_table, mixture_data):
     assert 2.5 < value(t, "local_id_mean", 128).value < 3.5
     assert value(t, "probe_subject").value > 0.99 > 0.3 > value(t, "probe_subject_baseline").value
     assert value(t, "probe_subject").error >= 0
+
+
+def test_the_layers_neighbours_are_kept_for_the_overlap(mixture_data):
+    """The kNN the analysis computed, on the distinct rows, narrowed to kept_neighbors; copies map to their first."""
+    X, labels = mixture_data
+    X = X[:400].copy()
+    X[7] = X[3]
+    result = layer_analysis(X, labels[:400], {"maxk": 100, "overlap_k": 10})
+    kept = layer_neighbors(X, 20)
+    assert result.neighbors.width == 20 and result.neighbors.distinct_index[7] == 3
+    np.testing.assert_array_equal(result.neighbors.distinct_index, kept.distinct_index)
+    np.testing.assert_array_equal(result.neighbors.ind, kept.ind)
+    np.testing.assert_allclose(result.neighbors.dist, kept.dist, rtol=1e-12)  # Gram values, from other blocks
+    # A layer with a single distinct point keeps that point alone.
+    single = layer_analysis(np.ones((40, 8)), labels[:40]).neighbors
+    assert single.ind.tolist() == [[0]] and (single.distinct_index == 0).all()
 
 
 def test_known_dimension(sphere5):

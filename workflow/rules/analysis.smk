@@ -2,7 +2,9 @@ rule analyze_layers:
     input:
         extracted=f"{RESULTS}/extract/{{model}}/{{condition}}.accuracy.parquet",
     output:
-        f"{RESULTS}/metrics/{{model}}/{{condition}}/layers_{{layers}}.parquet",
+        metrics=f"{RESULTS}/metrics/{{model}}/{{condition}}/layers_{{layers}}.parquet",
+        # Each layer's neighbours, kept for the data overlap (src/repgeom/analysis/neighbor_artifact.py).
+        neighbors=directory(f"{RESULTS}/neighbors/{{model}}/{{condition}}/layers_{{layers}}.zarr"),
     params:
         provenance=provenance("analyze_layers", ['analysis.params'], ['analysis.params.seed']),
         store=STORE,
@@ -21,7 +23,7 @@ rule analyze_layers:
         f"{TRACKED} --extra-inputs {{params.group}} -- "
         "python -m repgeom.analysis layers --store {params.store} --group {wildcards.model}/{wildcards.condition}"
         " --layers {wildcards.layers} --params-json {params.analysis:q} --threads {threads}"
-        " --out {output} > {log} 2>&1"
+        " --out {output.metrics} --neighbors-out {output.neighbors} > {log} 2>&1"
 
 
 rule condition_metrics:
@@ -49,22 +51,20 @@ rule condition_metrics:
 
 
 rule data_overlap:
+    # Reads the neighbours each condition's analysis kept; the store only for pairs those cannot serve.
     input:
         lambda wc: expand(
-            f"{RESULTS}/extract/{wc.model}/{{condition}}.accuracy.parquet", condition=conditions(wc.model)
+            f"{RESULTS}/neighbors/{wc.model}/{{condition}}/layers_{{layers}}.zarr",
+            condition=conditions(wc.model),
+            layers=layer_blocks(wc.model),
         ),
     output:
         f"{RESULTS}/metrics/{{model}}/overlap.parquet",
     params:
         provenance=provenance("data_overlap", ['analysis.params.overlap_k']),
         store=STORE,
-        groups=lambda wc, input: " ".join(
-            f"{wc.model}/{Path(path).name.removesuffix('.accuracy.parquet')}" for path in input
-        ),
-        group_paths=lambda wc, input: " ".join(
-            f"{STORE}/{wc.model}/{Path(path).name.removesuffix('.accuracy.parquet')}"
-            for path in input
-        ),
+        groups=lambda wc: " ".join(f"{wc.model}/{condition}" for condition in conditions(wc.model)),
+        group_paths=lambda wc: " ".join(f"{STORE}/{wc.model}/{condition}" for condition in conditions(wc.model)),
         k=config["analysis"]["params"].get("overlap_k", 30),
     threads: job_threads("analyze")
     resources:
@@ -77,7 +77,7 @@ rule data_overlap:
         "../envs/analysis.yaml"
     shell:
         f"{TRACKED} --extra-inputs {{params.group_paths}} -- "
-        "python -m repgeom.analysis overlap --store {params.store} --groups {params.groups}"
+        "python -m repgeom.analysis overlap --store {params.store} --groups {params.groups} --neighbors {input}"
         " --k {params.k} --threads {threads} --out {output} > {log} 2>&1"
 
 

@@ -1,17 +1,21 @@
 """Analysis entry point.
 
   python -m repgeom.analysis layers  --store S --group MODEL/CONDITION --layers 0-3 --params-json '{}' --out O.parquet
-  python -m repgeom.analysis overlap --store S --groups M/C1 M/C2 ... --k 30 --out O.parquet
+                                     [--neighbors-out N.zarr]
+  python -m repgeom.analysis overlap --store S --groups M/C1 M/C2 ... --neighbors N1.zarr N2.zarr ... --k 30
+                                     --out O.parquet
 
 `layers` writes every per-layer metric (METRICS.md) in long form: model, condition, layer, metric,
-scale, value, error, note. `overlap` writes the data overlap chi_k between every pair of conditions
-at each layer and between consecutive layers of each condition: model, condition_a, condition_b,
-layer_a, layer_b, metric, k, value, note. Each pair is compared on the rows distinct in both representations:
-a row that is an exact duplicate of an earlier row in either is dropped from both (`note` counts them).
+scale, value, error, note; with --neighbors-out also each layer's neighbours (neighbor_artifact.py). `overlap`
+reads those and writes the data overlap chi_k between every pair of conditions at each layer and between
+consecutive layers of each condition: model, condition_a, condition_b, layer_a, layer_b, metric, k, value, note.
+Each pair is compared on the rows distinct in both representations: a row that is an exact duplicate of an
+earlier row in either is dropped from both (`note` counts them).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import logging
@@ -29,9 +33,9 @@ import torch  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from repgeom.analysis.geometry import data_overlap  # noqa: E402
-from repgeom.analysis.neighbors import duplicate_rows, knn  # noqa: E402
-from repgeom.analysis.layer import AnalysisInputError, analyze_layer, token_local_id_rows, validate_representation  # noqa: E402
+from repgeom.analysis.layer import AnalysisInputError, layer_analysis, token_local_id_rows, validate_representation  # noqa: E402
+from repgeom.analysis.neighbor_artifact import NeighborArtifact, NeighborArtifactError, writing_artifact  # noqa: E402
+from repgeom.analysis.overlap import OverlapSide, aligned_to, pair_overlap  # noqa: E402
 from repgeom.analysis.params import AnalysisParams  # noqa: E402
 from repgeom.errors import entry_point  # noqa: E402
 from repgeom.io import write_parquet  # noqa: E402
@@ -101,92 +105,57 @@ def cmd_layers(args) -> None:
     params = parse_params(args.params_json)
     model, condition = split_group(args.group)
     layers = parse_layers(args.layers, _n_layers(args.store, args.group))
+    token_layers = _token_sample_layers(args.store, args.group)
     frames = []
-    for layer in tqdm(layers, desc=f"analysis {args.group}", unit="layer"):
-        X, meta = _read_layer(args.store, args.group, layer)
-        timings = {}
-        rows = analyze_layer(X, meta, params, layer=layer, device=args.device, timings=timings)
-        log.info("%s layer %d: %d x %d analysed in %.1f s (%s)", args.group, layer, *np.shape(X), sum(timings.values()),
-                 ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in timings.items()))
-        if layer in _token_sample_layers(args.store, args.group):
-            tokens, _ = _read_token_sample(args.store, args.group, layer)
-            rows += token_local_id_rows(tokens, params, layer=layer, device=args.device)
-        frames.append(pd.DataFrame(rows).assign(layer=layer))
-    table = pd.concat(frames, ignore_index=True).assign(model=args.model or model,
-                                                        condition=args.condition or condition)
-    table = table[LAYER_COLUMNS].astype({"model": "string", "condition": "string", "layer": "int64",
-                                         "metric": "string", "scale": "Int64", "value": "float64",
-                                         "error": "float64", "note": "string"})
-    write_parquet(table, args.out)
-    log.info("wrote %d metric rows for %d layers to %s", len(table), len(layers), args.out)
+    with contextlib.ExitStack() as artifact:
+        keep_neighbors = None
+        for layer in tqdm(layers, desc=f"analysis {args.group}", unit="layer"):
+            X, meta = _read_layer(args.store, args.group, layer)
+            timings = {}
+            result = layer_analysis(X, meta, params, layer=layer, device=args.device, timings=timings)
+            log.info("%s layer %d: %d x %d analysed in %.2f s (%s)", args.group, layer, *np.shape(X),
+                     sum(timings.values()), ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in timings.items()))
+            rows = result.rows
+            if layer in token_layers:
+                tokens, _ = _read_token_sample(args.store, args.group, layer)
+                rows += token_local_id_rows(tokens, params, layer=layer, device=args.device)
+            frames.append(pd.DataFrame(rows).assign(layer=layer))
+            if args.neighbors_out:
+                if keep_neighbors is None:  # the group's prompts are known once its first layer is read
+                    keep_neighbors = artifact.enter_context(writing_artifact(
+                        args.neighbors_out, group=args.group, layers=layers, question_ids=meta["question_id"],
+                        kept_neighbors=params.kept_neighbors))
+                keep_neighbors(layer, result.neighbors)
+        table = pd.concat(frames, ignore_index=True).assign(model=args.model or model,
+                                                            condition=args.condition or condition)
+        table = table[LAYER_COLUMNS].astype({"model": "string", "condition": "string", "layer": "int64",
+                                             "metric": "string", "scale": "Int64", "value": "float64",
+                                             "error": "float64", "note": "string"})
+        write_parquet(table, args.out)
+    log.info("wrote %d metric rows for %d layers to %s%s", len(table), len(layers), args.out,
+             f" and their neighbours to {args.neighbors_out}" if args.neighbors_out else "")
 
 
-def aligned_to(question_ids: pd.Series, reference: pd.Series, where: str) -> np.ndarray:
-    """Row order that puts this group's prompts in the reference group's order, or an error if the
-    groups were not extracted from the same prompts."""
-    if question_ids.duplicated().any():
-        raise AnalysisInputError(f"{where}: question_id {question_ids[question_ids.duplicated()].iloc[0]!r} repeats")
-    if set(question_ids) != set(reference):
-        extra, lacking = set(question_ids) - set(reference), set(reference) - set(question_ids)
-        raise AnalysisInputError(
-            f"{where}: not the same prompts as the first group ({len(extra)} question ids only here, "
-            f"{len(lacking)} only there, e.g. {sorted(map(str, extra or lacking))[:3]}): "
-            "was this store extracted from a different prompt set?")
-    position = pd.Index(question_ids)
-    return position.get_indexer(reference)
-
-
-class OverlapSide:
-    """One representation (a condition at a layer, rows in the reference prompt order) for the data overlap.
-
-    It knows its duplicate rows (`deduplicate`'s rule: exact copies of an earlier row) and gives its kNN on
-    the rows a pair keeps. A pair drops, from both sides, every row that is a duplicate in either, so each
-    side's kNN is taken on distinct rows, with no zero-distance ties. The kNN on the side's own distinct rows
-    is computed at once (it serves every pair where the other side has no other duplicates: the usual case);
-    the kNN on another subset is computed when asked, on X read again through `reload` (X is not kept).
-    """
-
-    def __init__(self, X: np.ndarray, k: int, device=None, reload=None):
-        self.k, self.device, self._reload = k, device, reload
-        self.duplicates = duplicate_rows(X)
-        self.n_duplicates = int(self.duplicates.sum())
-        self._knn = {}
-        if len(X) - self.n_duplicates >= k + 1:
-            self._knn[self._key(self.duplicates)] = knn(X[~self.duplicates], k, device=device)
-
-    @staticmethod
-    def _key(drop: np.ndarray) -> bytes:
-        return np.flatnonzero(drop).tobytes()
-
-    def knn_without(self, drop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(dist, ind) of width k on the rows not in `drop`, indexed 0.. over those rows in order."""
-        key = self._key(drop)
-        if key not in self._knn:
-            if self._reload is None:
-                raise ValueError("this side keeps no representation to recompute its kNN on other rows")
-            self._knn[key] = knn(self._reload()[~drop], self.k, device=self.device)
-        return self._knn[key]
-
-
-def pair_overlap(side_a: OverlapSide, side_b: OverlapSide, k: int) -> tuple[float, int, str]:
-    """(chi_k, rows dropped, note) between two representations of the same rows, on the rows distinct in both:
-    a row that is a duplicate in either side (a copy of an earlier row there) is dropped from both."""
-    if len(side_a.duplicates) != len(side_b.duplicates):
-        raise ValueError(f"data overlap needs the same rows: {len(side_a.duplicates)} against {len(side_b.duplicates)}")
-    drop = side_a.duplicates | side_b.duplicates
-    n_dropped = int(drop.sum())
-    n_kept = len(drop) - n_dropped
-    counts = f"duplicates: {side_a.n_duplicates} in A, {side_b.n_duplicates} in B"
-    if n_kept < k + 1:
-        return float("nan"), n_dropped, f"only {n_kept} distinct rows in both ({counts}), need k + 1 = {k + 1}"
-    value = data_overlap(side_a.knn_without(drop), side_b.knn_without(drop), k)
-    note = f"{n_dropped} rows dropped from both, duplicates in A or B ({counts}); {n_kept} rows used" if n_dropped else ""
-    return value, n_dropped, note
-
-
-def data_overlap_distinct(A: np.ndarray, B: np.ndarray, k: int, device=None) -> tuple[float, int, str]:
-    """chi_k between representations A and B of the same rows, on the rows distinct in both (`pair_overlap`)."""
-    return pair_overlap(OverlapSide(A, k, device, reload=lambda: A), OverlapSide(B, k, device, reload=lambda: B), k)
+def neighbor_artifacts(paths: list[str], groups: list[str], layers: list[int],
+                       k: int) -> dict[str, dict[int, NeighborArtifact]]:
+    """group -> layer -> the artifact holding it, for every group and layer asked; an error names what is missing."""
+    found = {group: {} for group in groups}
+    for path in paths:
+        artifact = NeighborArtifact(path)
+        if artifact.group not in found:
+            raise NeighborArtifactError(f"neighbour artifact {path!r} is for {artifact.group}, not one of --groups")
+        if artifact.kept_neighbors < k:
+            raise NeighborArtifactError(f"neighbour artifact {path!r} keeps {artifact.kept_neighbors} neighbours per "
+                                        f"point, fewer than --k {k}: analyse with overlap_k >= {k}")
+        for layer in artifact.layers:
+            if layer in found[artifact.group]:
+                raise NeighborArtifactError(f"layer {layer} of {artifact.group} is in two neighbour artifacts: "
+                                            f"{str(found[artifact.group][layer].path)!r} and {path!r}")
+            found[artifact.group][layer] = artifact
+    for group, by_layer in found.items():
+        if missing := sorted(set(layers) - set(by_layer)):
+            raise NeighborArtifactError(f"no neighbour artifact among --neighbors holds layers {missing} of {group}")
+    return found
 
 
 def cmd_overlap(args) -> None:
@@ -200,15 +169,19 @@ def cmd_overlap(args) -> None:
     if len(set(counts.values())) != 1:
         raise AnalysisInputError(f"groups have different numbers of layers: {counts}")
     layers = parse_layers(args.layers, next(iter(counts.values())))
-    reference = None
+    artifacts = neighbor_artifacts(args.neighbors, args.groups, layers, args.k)
+    reference = artifacts[args.groups[0]][layers[0]].question_ids
+    orders = {}  # group -> reference position -> its row (None: the reference order)
+    for group, by_layer in artifacts.items():
+        for artifact in {id(a): a for a in by_layer.values()}.values():
+            order = aligned_to(artifact.question_ids, reference, f"{group} (neighbour artifact {str(artifact.path)!r})")
+            orders[group] = None if (order == np.arange(len(order))).all() else order
 
     def aligned(group: str, layer: int) -> np.ndarray:
-        """The layer's representation with its rows in the first group's prompt order."""
-        nonlocal reference
+        """The layer's representation from the store, rows in the reference prompt order (for pairs the stored
+        neighbours cannot serve)."""
         where = f"{group} layer {layer}"
         X, meta = _read_layer(args.store, group, layer)
-        if reference is None:
-            reference = meta["question_id"].reset_index(drop=True)
         X = validate_representation(X, where)
         if len(meta) != len(X):
             raise AnalysisInputError(f"{where}: {len(meta)} metadata rows for {len(X)} representation rows")
@@ -216,10 +189,10 @@ def cmd_overlap(args) -> None:
 
     rows, previous = [], None
     for layer in tqdm(layers, desc="data overlap", unit="layer"):
-        current = {}
-        for group, _, condition in groups:
-            current[condition] = OverlapSide(aligned(group, layer), args.k, args.device,
-                                             reload=lambda group=group, layer=layer: aligned(group, layer))
+        current = {condition: OverlapSide(artifacts[group][layer].layer(layer), args.k, orders[group],
+                                          reload=lambda group=group, layer=layer: aligned(group, layer),
+                                          device=args.device)
+                   for group, _, condition in groups}
         pairs = [(a, b, layer, layer, current[a], current[b]) for a, b in itertools.combinations(current, 2)]
         if previous is not None:
             pairs += [(c, c, previous[0], layer, previous[1][c], current[c]) for c in current]
@@ -256,10 +229,14 @@ def main(argv=None) -> int:
     lay.add_argument("--params-json", default="{}", help="analysis parameters overriding the defaults")
     lay.add_argument("--model", default=None, help="model column (default: from --group)")
     lay.add_argument("--condition", default=None, help="condition column (default: from --group)")
+    lay.add_argument("--neighbors-out", default=None,
+                     help="also keep each layer's neighbours in this zarr folder (written atomically), for `overlap`")
     lay.set_defaults(func=cmd_layers)
 
     ovl = sub.add_parser("overlap", parents=[common], help="data overlap between conditions and layers")
     ovl.add_argument("--groups", nargs="+", required=True, help="MODEL/CONDITION ... (one model)")
+    ovl.add_argument("--neighbors", nargs="+", required=True,
+                     help="the groups' neighbour artifacts (`layers --neighbors-out`), covering every layer asked")
     ovl.add_argument("--k", type=int, default=AnalysisParams.overlap_k)
     ovl.set_defaults(func=cmd_overlap)
 

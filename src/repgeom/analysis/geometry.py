@@ -19,10 +19,11 @@ class ClusteringError(RuntimeError):
     """DADApy's ADP returned labels outside [-1 (halo), N_clusters - 1]."""
 
 
-def make_data(X: np.ndarray, dist: np.ndarray, ind: np.ndarray, maxk: int) -> Data:
-    """A DADApy `Data` holding X and its first maxk neighbours (contiguous copies: the Cython code wants them)."""
+def make_data(dist: np.ndarray, ind: np.ndarray, maxk: int) -> Data:
+    """A DADApy `Data` holding the first maxk neighbours (contiguous: the Cython code wants them). Every call here
+    works from them; coordinates would only be copied (DADApy casts them to a new float64 array)."""
     knn = (np.ascontiguousarray(dist[:, :maxk + 1]), np.ascontiguousarray(ind[:, :maxk + 1]))
-    return Data(coordinates=X, distances=knn, maxk=maxk, verbose=False)
+    return Data(distances=knn, maxk=maxk, verbose=False)
 
 
 def gride_scale_ranks(range_max: int) -> np.ndarray:

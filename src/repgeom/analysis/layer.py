@@ -1,4 +1,5 @@
-"""`analyze_layer`: every per-layer metric of one representation, as long-form rows.
+"""`analyze_layer`: every per-layer metric of one representation, as long-form rows (and, from `layer_analysis`,
+the layer's neighbours, which later steps read instead of computing them again).
 
 All metrics are computed on the distinct rows (exact duplicates removed, first occurrences kept), on
 float64 Euclidean distances. A metric that cannot be computed on this input is a row with value NaN
@@ -8,6 +9,7 @@ AnalysisInputError. METRICS.md documents every metric.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 
@@ -16,7 +18,8 @@ import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 
 from repgeom.analysis import geometry
-from repgeom.analysis.neighbors import deduplicate, knn
+from repgeom.analysis.neighbor_artifact import LayerNeighbors, layer_neighbors
+from repgeom.analysis.neighbors import deduplicate, distinct_rows, knn
 from repgeom.analysis.local_id import local_twonn, summarize
 from repgeom.analysis.params import AnalysisParams
 from repgeom.analysis.probes import linear_probe, reduce_for_probe
@@ -33,18 +36,33 @@ class AnalysisInputError(InputError):
     """The representation or its labels cannot be analysed; the message names the layer and row."""
 
 
+@dataclasses.dataclass(frozen=True)
+class LayerAnalysis:
+    """A layer's metric rows and its neighbours as later steps read them (`AnalysisParams.kept_neighbors` wide)."""
+    rows: list[dict]
+    neighbors: LayerNeighbors
+
+
 def analyze_layer(X: np.ndarray, labels: pd.DataFrame, params: AnalysisParams | dict | None = None, *,
                   layer: int | None = None, device=None, timings: dict | None = None) -> list[dict]:
     """Rows {metric, scale, value, error, note} for one layer's representation X [N, D] and its
     labels (columns subject, gold; one row per row of X). Pass a dict as `timings` to get the seconds
     spent in each stage."""
+    return layer_analysis(X, labels, params, layer=layer, device=device, timings=timings).rows
+
+
+def layer_analysis(X: np.ndarray, labels: pd.DataFrame, params: AnalysisParams | dict | None = None, *,
+                   layer: int | None = None, device=None, timings: dict | None = None) -> LayerAnalysis:
+    """`analyze_layer`'s rows, and the layer's neighbours."""
     p = AnalysisParams.coerce(params)
     clock = _StageClock(timings)
     with clock("prepare"):
         X, labels = validate_inputs(X, labels, layer)
         rows = [_row("n_points", len(X))]
-        X, kept, n_removed = deduplicate(X)
-        labels = labels.iloc[kept].reset_index(drop=True)
+        kept, distinct_index = distinct_rows(X)
+        n_removed = len(X) - len(kept)
+        if n_removed:
+            X, labels = X[kept], labels.iloc[kept].reset_index(drop=True)
     n = len(X)
     rows.append(_row("n_duplicates", n_removed))
     # Fewer distinct points than maxk + 1: clamp maxk (as DADApy does for a short kNN) rather than
@@ -53,13 +71,17 @@ def analyze_layer(X: np.ndarray, labels: pd.DataFrame, params: AnalysisParams | 
     rows.append(_row("maxk_used", maxk, note=f"clamped from {p.maxk}: only {n} distinct points" if maxk < p.maxk else ""))
     if maxk < 2:
         note = f"only {n} distinct point(s): no neighbourhood geometry"
-        return rows + _nan_rows(_neighbour_metric_specs(p), note) + _probe_rows(X, labels, p)
+        with clock("knn"):
+            neighbors = layer_neighbors(X, p.kept_neighbors, device=device)
+        return LayerAnalysis(rows + _nan_rows(_neighbour_metric_specs(p), note) + _probe_rows(X, labels, p),
+                             LayerNeighbors(distinct_index, neighbors.dist, neighbors.ind))
     with clock("knn"):
-        # One kNN serves everything: DADApy's maxk, the local-ID neighbourhoods and the label overlap's k.
-        width = min(n - 1, max(maxk, p.local_id_neighbors,
+        # One kNN serves everything: DADApy's maxk, the local-ID neighbourhoods, the label overlap's k and the
+        # neighbours kept for the data overlap.
+        width = min(n - 1, max(maxk, p.local_id_neighbors, p.kept_neighbors,
                                *(geometry.label_classes_k(labels[c], p.class_fraction) for c in LABELS)))
         dist, ind = knn(X, width, device=device)
-        data = geometry.make_data(X, dist, ind, maxk)
+        data = geometry.make_data(dist, ind, maxk)
     with clock("id"):
         id_rows, density_id, why_not = _id_rows(data, p)
         rows += id_rows
@@ -72,7 +94,7 @@ def analyze_layer(X: np.ndarray, labels: pd.DataFrame, params: AnalysisParams | 
         rows += _local_id_rows(X, dist, ind, p)
     with clock("probes"):
         rows += _probe_rows(X, labels, p)
-    return rows
+    return LayerAnalysis(rows, LayerNeighbors(distinct_index, dist, ind).narrowed(p.kept_neighbors))
 
 
 class _StageClock:

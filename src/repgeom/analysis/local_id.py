@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 # j's list is scanned in growing windows: most pairs find two members among j's first few neighbours.
-_FIRST_WINDOW, _GROWTH = 16, 8
+_FIRST_WINDOW, _GROWTH = 32, 4
 
 
 def local_twonn(X: np.ndarray, dist: np.ndarray, ind: np.ndarray, n_neighbors: int = 128,
@@ -48,14 +48,15 @@ def _two_nearest_in_hood(X, dist, ind, hoods):
         todo = np.flatnonzero(found < 2)
         if len(todo) == 0:
             break
-        j = pair_point[todo]
-        is_member = member[pair_hood[todo, None], ind[j, lo:hi]]
-        rank = np.cumsum(is_member, axis=1) + found[todo, None]
-        for which in (0, 1):
-            hit = is_member & (rank == which + 1)
-            has = hit.any(axis=1)
-            r[todo[has], which] = dist[j[has], lo + hit[has].argmax(axis=1)]
-        found[todo] = np.minimum(rank[:, -1], 2)
+        is_member = member.ravel()[(pair_hood[todo] * len(X))[:, None] + ind[pair_point[todo], lo:hi]]
+        rows = np.arange(len(todo))
+        for _ in range(2):  # the window's next member in list order, for the pairs that still lack one
+            column = is_member.argmax(axis=1)
+            hit = is_member[rows, column] & (found[todo] < 2)
+            take = todo[hit]
+            r[take, found[take]] = dist[pair_point[take], lo + column[hit]]
+            found[take] += 1
+            is_member[rows, column] = False
         lo = hi
     for b in np.unique(pair_hood[found < 2]):
         todo = np.flatnonzero((pair_hood == b) & (found < 2))

@@ -35,6 +35,13 @@ class AnalysisParams:
         if not self.Z > 0:
             raise ValueError(f"analysis parameter Z must be positive, got {self.Z!r}")
 
+    @property
+    def kept_neighbors(self) -> int:
+        """Neighbours per point the per-layer analysis keeps for later steps (the data overlap): twice the overlap's
+        k, so that the rows a pair of representations drops (duplicates in the other one) seldom leave a point
+        fewer than k of them."""
+        return 2 * self.overlap_k
+
     @classmethod
     def coerce(cls, params: AnalysisParams | Mapping | None) -> AnalysisParams:
         """Accept an AnalysisParams, a dict of overrides (unknown keys are an error) or None (defaults)."""
@@ -51,13 +58,29 @@ class AnalysisParams:
 
 # Resident memory of an analysis process before any data (python, torch, DADApy, sklearn).
 BASE_MEMORY_MB = 1000
+# The kNN's key matrix of every pair (repgeom.analysis.neighbors) is kept whole when it is no larger than the copies of
+# the layer the analysis holds anyway (24 N D bytes: float32, float64, centred float64); otherwise it is computed a
+# panel of rows of at most this many bytes at a time.
+KEY_PANEL_BYTES = 256 << 20
+
+
+def keys_kept_whole(n_points: int, dim: int, itemsize: int) -> bool:
+    return itemsize * n_points <= 24 * dim
+
+
+def key_bytes(n_points: int, dim: int) -> int:
+    """The most memory the kNN's keys take: the whole matrix (float32, or float64 for data without shared
+    neighbourhoods) where it is kept whole, else a panel."""
+    return max([itemsize * n_points ** 2 for itemsize in (4, 8) if keys_kept_whole(n_points, dim, itemsize)]
+               + [KEY_PANEL_BYTES])
 
 
 def layer_memory_mb(n_points: int, dim: int, params: AnalysisParams | Mapping | None = None) -> int:
-    """Peak memory of one layer's analysis, an upper bound for sizing its job: the layer in float32 and its
-    float64 copy, and the neighbour distances and indices (float64 + int64) that DADApy copies about three
-    times over (distances, neighbour ranks, the density and clustering work arrays)."""
+    """Peak memory of one layer's analysis, an upper bound for sizing its job: the layer as read (float32), its float64
+    copy, the copy of its distinct rows, the kNN's centred float64 and scaled float32 copies and its float32 keys (the
+    whole N^2 matrix or a panel); and the neighbour distances and indices (float64 + int64) that DADApy copies about
+    three times over (distances, neighbour ranks, the density and clustering work arrays)."""
     p = AnalysisParams.coerce(params)
-    k = max(p.maxk, p.local_id_neighbors) + 1
-    bytes_needed = n_points * dim * (4 + 8) + n_points * k * 16 * 4
+    k = max(p.maxk, p.local_id_neighbors, p.kept_neighbors) + 1
+    bytes_needed = n_points * dim * (4 + 8 + 8 + 8 + 4) + key_bytes(n_points, dim) + n_points * k * 16 * 4
     return BASE_MEMORY_MB + -(-bytes_needed // 2**20)
