@@ -81,3 +81,23 @@ def test_fine_tuned_conditions_join_the_dag_once_the_data_is_sampled(tmp_path):
         assert f"results/extract/tiny-llama/{condition}.accuracy.parquet" in result.stdout, condition
     assert "--adapter results/finetune/tiny-llama/prompt_tuning/checkpoints/step2" in result.stdout
     assert "results/prompts/tiny-llama/0shot.parquet" in result.stdout
+
+
+def test_schema_defaults_are_the_analysis_defaults_and_fill_a_bare_params_block():
+    """The captions and rules read analysis.params directly: validation must fill in every key, with the values
+    AnalysisParams (the CLI's defaults) has."""
+    import dataclasses
+
+    import yaml
+    from snakemake.utils import validate
+
+    from repgeom.analysis.params import AnalysisParams
+
+    schema = ROOT / "config/schema.yaml"
+    properties = yaml.safe_load(schema.read_text())["properties"]["analysis"]["properties"]["params"]["properties"]
+    expected = {field.name: field.default for field in dataclasses.fields(AnalysisParams)}
+    assert {key: spec.get("default") for key, spec in properties.items()} == expected
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    config["analysis"]["params"] = {"Z": 2.0}
+    validate(config, str(schema))
+    assert config["analysis"]["params"] == {**expected, "Z": 2.0}

@@ -65,7 +65,7 @@ rule data_overlap:
         store=STORE,
         groups=lambda wc: " ".join(f"{wc.model}/{condition}" for condition in conditions(wc.model)),
         group_paths=lambda wc: " ".join(f"{STORE}/{wc.model}/{condition}" for condition in conditions(wc.model)),
-        k=config["analysis"]["params"].get("overlap_k", 30),
+        k=config["analysis"]["params"]["overlap_k"],
     threads: job_threads("analyze")
     resources:
         **job_resources("analyze"),
