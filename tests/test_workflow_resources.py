@@ -25,7 +25,7 @@ def test_kind_model_override_and_retry_growth():
     cfg = config(models={"big": {"extract": {"gpus": 2, "cpus": 8, "mem_mb": 1000, "runtime": 60}}})
     resources = jobs(cfg).resources("extract")
     assert resources["gpu"](SimpleNamespace(model="smollm2-135m")) == 0
-    assert resources["cpus_per_task"](SimpleNamespace(model="smollm2-135m")) == 2
+    assert resources["cpus_per_task"](SimpleNamespace(model="smollm2-135m")) == 1  # config.yaml: one core a job
     big = SimpleNamespace(model="big")
     assert [resources["mem_mb"](big, attempt) for attempt in (1, 2, 3)] == [1000, 1500, 2250]
     assert resources["runtime"](big, 2) == 90
