@@ -15,10 +15,12 @@ Counted per condition and layer, as the workflow runs them:
 Results must agree: every metric of (b) and (c) equal to (a)'s (IDs to 1e-6 relative, since the distances may
 differ from sklearn's in the last bits; the rest exactly).
 
-The machine's matmul rate is measured in the same run: one float32 Gram matrix X X^T of the layer (2 N^2 D
-FLOP, torch), against which the kNN's time is given. And a small layer at the default's scale (N = 600,
-D = 576, config/config.yaml's analysis parameters): its whole analysis, once the process has started (the
-start-up, paid once per job for all its layers, is given apart). Prints a table and writes a JSON.
+The machine's matmul rate is measured in the same run, as the time of one float32 Gram-sized product X Y^T of the
+layer (2 N^2 D FLOP; Y, not X, so that no BLAS halves it as a symmetric product): in numpy, whose BLAS the kNN's
+CPU GEMMs (and sklearn's) use, and in torch (MKL). The kNN's time is given against both. And a small layer at the
+default's scale (N = 600, D = 576, config/config.yaml's analysis parameters): its whole analysis, once the process
+has started (the start-up, paid once per job for all its layers, is given apart). Prints a table and writes a
+JSON.
 """
 from __future__ import annotations
 
@@ -76,16 +78,18 @@ def timed(timings: dict, stage: str, fn, *args, **kwargs):
     return out
 
 
-def gram_seconds(X: np.ndarray, device: str) -> float:
-    """Wall time of one float32 Gram matrix X X^T (torch, IEEE float32)."""
-    x = torch.from_numpy(X).to(device)
+def gram_seconds(X: np.ndarray, Y: np.ndarray, library: str, device: str = "cpu") -> float:
+    """Wall time of the float32 product X Y^T, a Gram matrix's work, in numpy or in torch (on `device`)."""
+    if library == "numpy":
+        start = time.perf_counter()
+        np.matmul(X, Y.T)
+        return time.perf_counter() - start
+    x, y = torch.from_numpy(X).to(device), torch.from_numpy(Y).to(device)
     start = time.perf_counter()
-    gram = x @ x.T
+    x @ y.T
     if device == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    del gram
-    return seconds
+    return time.perf_counter() - start
 
 
 def reference_path(X, Y, labels, p: AnalysisParams) -> tuple[dict, dict]:
@@ -197,7 +201,9 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, path in paths.items():
                 if name in devices:
-                    gram[name] = min(gram.get(name, np.inf), gram_seconds(X, devices[name]))
+                    libraries = ("numpy", "torch") if devices[name] == "cpu" else ("torch",)
+                    gram[name] = {library: min(gram.get(name, {}).get(library, np.inf),
+                                               gram_seconds(X, Y, library, devices[name])) for library in libraries}
                 result = path()
                 if name not in runs or sum(result[1].values()) < sum(runs[name][1].values()):
                     runs[name] = result
@@ -227,12 +233,13 @@ def main() -> None:
         print(f"{name}: reference's metric set {shared:.2f} s ({a_shared / shared:.2f}x of (a)), "
               f"all metrics {total:.2f} s ({a_shared / total:.2f}x), "
               f"{'identical to (a)' if not mismatches else 'DIFFERS: ' + '; '.join(mismatches)}")
-        if name in gram:
-            rate = gram_flop / gram[name] / 1e9
-            entry.update(float32_gram_s=gram[name], matmul_gflops=rate, knn_over_gram=t["knn"] / gram[name])
-            print(f"  matmul rate: one float32 Gram matrix (2 N^2 D = {gram_flop:.2g} FLOP) in {gram[name]:.2f} s "
-                  f"= {rate:.0f} GFLOP/s; kNN {t['knn']:.2f} s = {t['knn'] / gram[name]:.2f} Gram matrices "
-                  f"({100 * gram[name] / t['knn']:.0f}% of the matmul rate)")
+        for library, seconds in gram.get(name, {}).items():
+            rate = gram_flop / seconds / 1e9
+            entry[f"float32_gram_{library}"] = {"s": seconds, "gflops": rate, "knn_over_gram": t["knn"] / seconds}
+            whose = " (the kNN's BLAS on the CPU)" if library == "numpy" and devices[name] == "cpu" else ""
+            print(f"  {library}{whose} float32 matmul: a Gram matrix's work (2 N^2 D = {gram_flop:.2g} FLOP) in "
+                  f"{seconds:.2f} s = {rate:.0f} GFLOP/s; the kNN ({t['knn']:.2f} s) takes {t['knn'] / seconds:.2f} "
+                  f"of them ({100 * seconds / t['knn']:.0f}% of that rate)")
         report["runs"][name] = entry
     print(f"small layer N={small['n']} D={small['d']} ({small['params']} parameters): {small['layer_s']:.3f} s per "
           "layer, all metrics (" + ", ".join(f"{k} {v:.3f}" for k, v in small["stages_s"].items())

@@ -16,10 +16,10 @@ from repgeom.analysis import neighbors
 
 @pytest.fixture(params=["float32 candidates", "float64 keys"])
 def both_paths(request, monkeypatch):
-    """A kNN test that uses this runs both ways: the choice (made on how much rows share their neighbourhoods) only
+    """A kNN test that uses this runs both ways: the choice (made on how much float32 candidates would save) only
     changes the time, never the result."""
-    monkeypatch.setattr(neighbors, "_shared_neighbourhoods", lambda *args: request.param == "float32 candidates")
-    return request.param
+    monkeypatch.setattr(neighbors, "_float32_keys_if_they_pay", lambda a, sq, n_candidates, block, union_rows:
+                        neighbors._Keys(a, sq, torch.float32, block) if request.param == "float32 candidates" else None)
 
 
 def assert_knn_equal(got, ref):
@@ -184,7 +184,8 @@ def test_knn_gpu_equals_float64_brute_force():
 
 def test_the_float32_path_is_chosen_where_rows_share_neighbourhoods():
     """Clusters and a curved low-dimensional manifold: neighbouring rows share most of their candidates, so float32
-    candidates re-checked in float64 cost less than a float64 Gram matrix; isotropic noise: they do not."""
+    candidates re-checked in float64 cost less than a float64 Gram matrix; isotropic noise, or candidates that are
+    a large part of the points: they do not."""
     rng = np.random.default_rng(0)
     sphere = rng.standard_normal((3000, 3))
     sphere /= np.linalg.norm(sphere, axis=1, keepdims=True)
@@ -195,8 +196,20 @@ def test_the_float32_path_is_chosen_where_rows_share_neighbourhoods():
         x = torch.from_numpy(X)
         a = x - x.mean(0)
         sq = (a * a).sum(1)
-        chosen[name] = neighbors._shared_neighbourhoods(neighbors._Keys(a, sq, torch.float32, 2048), 116, 128)
-    assert chosen == {"clusters": True, "sphere": True, "noise": False}
+        for n_candidates in (116, 400):
+            keys = neighbors._float32_keys_if_they_pay(a, sq, n_candidates, 2048, 128)
+            chosen[name, n_candidates] = keys is not None and keys.dtype == torch.float32
+    assert chosen == {("clusters", 116): True, ("sphere", 116): True, ("noise", 116): False,
+                      ("clusters", 400): False, ("sphere", 400): False, ("noise", 400): False}
+
+
+@pytest.mark.usefixtures("both_paths")
+def test_knn_of_identical_rows():
+    """Every distance 0 (no scale to take from the norms): the rows in index order, each first in its own row."""
+    for X in (np.ones((50, 3)), np.r_[np.ones((40, 3)), np.zeros((10, 3))]):
+        dist, ind = knn(X, 5)
+        assert (dist == 0).all() and ind[1].tolist() == [1, 0, 2, 3, 4, 5]
+        assert ind[45].tolist() == ([45, 0, 1, 2, 3, 4] if len(np.unique(X, axis=0)) == 1 else [45, 40, 41, 42, 43, 44])
 
 
 def test_deduplicate_tells_hash_collisions_from_duplicates():

@@ -71,10 +71,10 @@ def layer_analysis(X: np.ndarray, labels: pd.DataFrame, params: AnalysisParams |
     rows.append(_row("maxk_used", maxk, note=f"clamped from {p.maxk}: only {n} distinct points" if maxk < p.maxk else ""))
     if maxk < 2:
         note = f"only {n} distinct point(s): no neighbourhood geometry"
-        with clock("knn"):
-            neighbors = layer_neighbors(X, p.kept_neighbors, device=device)
+        with clock("knn"):  # the kNN of the one or two distinct points, the layer's rows mapped onto them
+            distinct = layer_neighbors(X, p.kept_neighbors, device=device)
         return LayerAnalysis(rows + _nan_rows(_neighbour_metric_specs(p), note) + _probe_rows(X, labels, p),
-                             LayerNeighbors(distinct_index, neighbors.dist, neighbors.ind))
+                             LayerNeighbors(distinct_index, distinct.dist, distinct.ind))
     with clock("knn"):
         # One kNN serves everything: DADApy's maxk, the local-ID neighbourhoods, the label overlap's k and the
         # neighbours kept for the data overlap.

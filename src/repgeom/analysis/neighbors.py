@@ -5,21 +5,22 @@ the point itself at distance 0, then neighbours by increasing Euclidean distance
 It equals a float64 brute force (every distance sqrt(sum((x_i - x_j)^2)) in float64, sorted by
 (distance, index)), in two passes:
 
-1. Candidates, in float32. One float32 Gram matrix, each symmetric block computed once (or a panel of rows
-   at a time when keeping every pair would take more memory than the layer's float64 copies), gives every
-   pair a rigorous lower and upper bound of its squared distance: the float32 rounding error is at most
-   tau32 * (|a_i|^2 + |a_j|^2) on the centred rows a. A row's candidates are the points whose lower bound
-   is at most the maxk-th smallest upper bound: a set that provably holds the true maxk nearest and every
-   point tied with the last of them, usually a few more than maxk.
-2. Exact values, in float64, for the candidates only. Rows are taken in blocks of neighbours (breadth-first
-   over the candidates), whose candidates are mostly the same, and each block's in one float64 GEMM over the
-   union of their columns. A value whose rank or size the float64 Gram error bound cannot vouch for is
-   recomputed directly as sum((x_i - x_j)^2), and ties are put in index order.
+1. Candidates. One Gram matrix, computed as a symmetric product (or a panel of rows at a time when keeping
+   every pair would take more memory than the layer's copies), gives every pair a rigorous lower and upper
+   bound of its squared distance: the rounding error is at most tau * (|a_i|^2 + |a_j|^2) on the centred rows a.
+   A row's candidates are the points whose lower bound is at most the maxk-th smallest upper bound: a set that
+   provably holds the true maxk nearest and every point tied with the last of them, usually a few more than maxk.
+2. Exact order. From float64 Gram values of the candidates, a value whose rank or size the float64 error bound
+   cannot vouch for is recomputed directly as sum((x_i - x_j)^2), and ties are put in index order.
 
-The float64 work is then a small multiple of maxk / N of a full float64 Gram matrix, and the whole costs
-about one float32 Gram matrix. When the candidates would be most points anyway (maxk near N: small layers)
-pass 1 is skipped and every pair is computed in float64. The code is torch, so the same path runs on the
-GPU and on the CPU.
+Pass 1 runs in float32 where that saves float64 work: when a row's candidates are a small part of the points and
+rows that are neighbours share most of them (clusters, low-dimensional structure: LLM representations). Pass 2 then
+takes rows in blocks of neighbours (breadth-first over the candidates) and computes each block's candidates in one
+float64 GEMM over the union of their columns, a small multiple of maxk / N of a float64 Gram matrix. The float32
+product is half a Gram matrix's work; on the benchmark's LLM-like data (benchmarks/analysis_speed.py) the whole
+takes about 1.7 times one float32 Gram matrix at numpy's rate. Elsewhere (small layers, data without such structure) pass 1 runs in float64 and its
+Gram values serve pass 2; when the candidates would be most points, every pair is computed. The code is torch (its
+CPU GEMMs through numpy's BLAS), so the same path runs on the GPU and on the CPU.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ _U32 = 2.0 ** -24  # unit roundoff of float32
 # brute force in the worst case, ~1e-14 in practice, and near-duplicates exact).
 _TRUSTED_REL_ERROR = 1e-7
 # Rows per float64 GEMM on the CPU: unions of 128 neighbouring rows' candidates stay close to one row's.
-_CPU_UNION_ROWS = 128
+_CPU_PAIR_ROWS = 128
 # Neighbours per row that the block ordering follows.
 _ORDER_NEIGHBOURS = 32
 
@@ -114,29 +115,26 @@ def knn(X: np.ndarray, maxk: int, device: str | torch.device | None = None,
         raise ValueError(f"maxk must be between 1 and N - 1 = {n - 1}, got {maxk}")
     dev = resolve_device(device)
     block = block or (4096 if dev.type == "cuda" else 2048)
-    union_rows = block if dev.type == "cuda" else _CPU_UNION_ROWS
+    pair_rows = block if dev.type == "cuda" else _CPU_PAIR_ROWS
     with _ieee_float32_matmul():
         x = torch.from_numpy(X).to(dev)
         # Centring leaves distances unchanged and shrinks the norms, which the Gram errors scale with.
         a = x - x.mean(0)
-        sq = (a * a).sum(1)
+        sq = torch.linalg.vecdot(a, a)
         # A few candidates beyond maxk + 1 usually let pass 1 prove its set complete at the first try.
         n_first = min(n - 1, maxk + max(16, maxk // 32))
         if 2 * n_first >= n:  # small layers: every pair
             cand = _all_other_rows(n, dev)
             valid = torch.ones_like(cand, dtype=torch.bool)
-            approx = _candidate_gram_d2(a, sq, cand, torch.arange(n, device=dev), block, union_rows)
+            approx = _candidate_gram_d2(a, sq, cand, torch.arange(n, device=dev), pair_rows)
         else:
-            keys = _Keys(a, sq, torch.float32, block)
-            if not _shared_neighbourhoods(keys, n_first, union_rows):
-                # Rows' candidates barely overlap (no clusters, no low-dimensional structure): the float64 values of
-                # the candidates would take most of a float64 Gram matrix, so that one gives the candidates directly.
-                keys = _Keys(a, sq, torch.float64, block)
+            # Where float32 candidates would not save float64 work, one float64 Gram matrix gives them directly.
+            keys = _float32_keys_if_they_pay(a, sq, n_first, block, pair_rows) or _Keys(a, sq, torch.float64, block)
             cand, valid, nearest, approx = _candidates(keys, sq, maxk, n_first)
             if keys.dtype == torch.float32:
                 near = nearest.cpu().numpy()
                 order = torch.as_tensor(_breadth_first(near.__getitem__, n, range(n), n), device=dev)
-                approx = _candidate_gram_d2(a, sq, cand, order, block, union_rows)
+                approx = _candidate_gram_d2(a, sq, cand, order, pair_rows)
         # Rigorous bound on |float64 Gram d^2 - exact d^2| is tau * (|a_i|^2 + |a_j|^2): dot products (2 D u),
         # the final additions and the centring (a few u).
         tau = (2 * dim + 32) * _U64
@@ -148,6 +146,18 @@ def knn(X: np.ndarray, maxk: int, device: str | torch.device | None = None,
             dist[rows, 1:], ind[rows, 1:] = _exact_rows(x, sq, torch.arange(n, device=dev)[rows], cand[rows],
                                                         valid[rows], approx[rows], tau, maxk)
     return dist.cpu().numpy(), ind.cpu().numpy()
+
+
+def _gemm(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """A @ B (into `out`, if given); on the CPU by numpy's BLAS, like the reference's kNN (sklearn): the OpenBLAS of
+    numpy's wheels ran these GEMMs 10-60% faster than torch's MKL on an AMD EPYC, and a product of rows with
+    themselves as a symmetric one (half the work)."""
+    if A.device.type != "cpu":
+        return torch.matmul(A, B, out=out)
+    if out is None:
+        return torch.from_numpy(np.matmul(A.numpy(), B.numpy()))
+    np.matmul(A.numpy(), B.numpy(), out=out.numpy())
+    return out
 
 
 @contextlib.contextmanager
@@ -177,23 +187,23 @@ class _Keys:
     eta underflow. So lo_ij = (1 - tau) |a_i|^2 - eta + key_ij is a lower bound of d^2 that orders like the keys
     within a row, and lo_ij + 2 e_ij an upper bound.
 
-    When the matrix is no larger than the layer's float64 copies (`keys_kept_whole`) it is computed whole on first
-    use, each symmetric block once, serving its rows and, transposed, its columns' rows; otherwise a panel of rows
-    at a time (twice the GEMM work, a panel's memory)."""
+    When the matrix is no larger than the layer's copies (`keys_kept_whole`) it is computed whole on first use, as a
+    symmetric product (half the GEMM work, on the CPU); otherwise a panel of rows at a time (a panel's memory).
+    """
 
     def __init__(self, a, sq, dtype, block):
         n, dim = a.shape
-        self.dtype, self.block, self.whole = dtype, block, None
+        self.dtype, self.whole = dtype, None
         unit = torch.finfo(dtype).eps / 2  # unit roundoff
         self.tau, self.eta = (1.01 * dim + 16) * unit, 4 * dim * torch.finfo(dtype).tiny
         if dtype == torch.float64:  # float64's range needs no scaling
-            scale, self.scaled = 1.0, a
+            self.scale, self.scaled = 1.0, a
         else:
-            scale = 2.0 ** -math.frexp(math.sqrt(float(sq.max())) or 1.0)[1]
+            self.scale = 2.0 ** -math.frexp(math.sqrt(float(sq.max())) or 1.0)[1]
             self.scaled = torch.empty((n, dim), dtype=dtype, device=a.device)
             for r0 in range(0, n, block):  # no temporary of the whole layer
-                self.scaled[r0:r0 + block] = a[r0:r0 + block] * scale
-        self.sq = sq * scale ** 2
+                self.scaled[r0:r0 + block] = a[r0:r0 + block] * self.scale
+        self.sq = sq * self.scale ** 2
         self.offset = ((1 - self.tau) * self.sq).to(dtype)
         itemsize = torch.finfo(dtype).bits // 8
         self.kept_whole = keys_kept_whole(n, dim, itemsize)
@@ -204,44 +214,41 @@ class _Keys:
             return self.panel(rows)
         if self.whole is None:
             self.whole = self._all()
+        if len(rows) and int(rows[-1]) - int(rows[0]) == len(rows) - 1 and bool((rows.diff() == 1).all()):
+            return self.whole[int(rows[0]):int(rows[-1]) + 1]  # a run of rows: a view, not a copy
         return self.whole[rows]
 
     def panel(self, rows):
         """The keys of `rows`, computed now (whether or not the matrix is kept whole)."""
-        keys = torch.add(self.offset[None, :], self.scaled[rows] @ self.scaled.T, alpha=-2.0)
+        keys = _gemm(self.scaled[rows], self.scaled.T).mul_(-2.0).add_(self.offset[None, :])
         keys[torch.arange(len(rows), device=rows.device), rows] = torch.inf
         return keys
 
     def _all(self):
-        n, scaled, offset, block = len(self.scaled), self.scaled, self.offset, self.block
-        keys = torch.empty((n, n), dtype=scaled.dtype, device=scaled.device)
-        starts = range(0, n, block)
-        for i0 in starts:
-            rows_i = slice(i0, min(n, i0 + block))
-            for j0 in starts[i0 // block:]:
-                rows_j = slice(j0, min(n, j0 + block))
-                gram = scaled[rows_i] @ scaled[rows_j].T
-                torch.add(offset[None, rows_j], gram, alpha=-2.0, out=keys[rows_i, rows_j])
-                if j0 != i0:
-                    torch.add(offset[None, rows_i], gram.T, alpha=-2.0, out=keys[rows_j, rows_i])
-        keys.fill_diagonal_(torch.inf)
-        return keys
+        # One product of the rows with themselves: numpy's BLAS computes it as a symmetric one (half the work).
+        keys = _gemm(self.scaled, self.scaled.T).mul_(-2.0).add_(self.offset[None, :])
+        return keys.fill_diagonal_(torch.inf)
 
 
-def _shared_neighbourhoods(keys: _Keys, n_candidates: int, union_rows: int) -> bool:
-    """Whether rows that are neighbours share most of their candidates (clusters, low-dimensional structure), judged on
-    a sample block of rows in breadth-first order, as the float64 pass takes them: their candidates (by key) together
-    are then under a quarter of the points, which makes the float64 values of all candidates a small part of a float64
-    Gram matrix's work. The sample's keys are computed apart (a few percent of the float32 work), so that data
-    without such structure, which takes the float64 path, does not pay for all of them."""
-    n, device = len(keys.sq), keys.sq.device
+def _float32_keys_if_they_pay(a, sq, n_candidates: int, block: int, pair_rows: int) -> _Keys | None:
+    """Float32 keys, if float32 candidates re-checked in float64 cost less than one float64 Gram matrix: when a row's
+    candidates are a small part of the points (under an eighth) and neighbouring rows share most of theirs (clusters,
+    low-dimensional structure). That is judged on a sample block of rows in breadth-first order, as the float64 pass
+    takes them: their candidates (by key) together must be under a quarter of the points. The sample's keys are
+    computed apart (a few percent of the float32 work), so that data without such structure, which takes the float64
+    path, does not pay for all of them."""
+    n, device = len(a), a.device
+    if 8 * n_candidates > n:
+        return None
+    keys = _Keys(a, sq, torch.float32, block)
 
     def keys_of(rows):
         return keys.panel(torch.as_tensor(rows, device=device))
 
     rows = _breadth_first(lambda rows: torch.topk(keys_of(rows), _ORDER_NEIGHBOURS, dim=1, largest=False).indices
-                          .cpu().numpy(), n, [0], union_rows)
-    return torch.unique(torch.topk(keys_of(rows), n_candidates, dim=1, largest=False).indices).numel() < n / 4
+                          .cpu().numpy(), n, [0], pair_rows)
+    union = torch.unique(torch.topk(keys_of(rows), n_candidates, dim=1, largest=False).indices).numel()
+    return keys if union < n / 4 else None
 
 
 def _candidates(keys: _Keys, sq, maxk, n_first):
@@ -256,38 +263,41 @@ def _candidates(keys: _Keys, sq, maxk, n_first):
     not, the row tries twice as many.
     """
     n = len(sq)
-    ratio = (sq.max() / keys.sq.max()).item()  # back from the scaled rows: a power of two, exact
     row_lo = (1 - keys.tau) * keys.sq - keys.eta
-    found = []  # (rows, their columns (candidates first), which are candidates, their nearest columns, their d^2)
+    found = []  # (rows, their columns, which are candidates, their nearest columns, their d^2)
     todo, n_keep = torch.arange(n, device=sq.device), n_first
     while len(todo):
         retry = []
         for r0 in range(0, len(todo), keys.panel_rows):
             rows = todo[r0:r0 + keys.panel_rows]
             key, col = torch.topk(keys[rows], n_keep, dim=1, largest=False, sorted=False)
-            key = key.double()
+            key, sq_col = key.double(), keys.sq[col]
             lo = row_lo[rows, None] + key
-            hi = lo + 2 * (keys.tau * (keys.sq[rows, None] + keys.sq[col]) + keys.eta)
+            hi = lo + 2 * (keys.tau * (keys.sq[rows, None] + sq_col) + keys.eta)
             bound = torch.kthvalue(hi, maxk, dim=1).values
             complete = (lo.amax(1) > bound) | (n_keep == n - 1)
-            lo, col, key, bound, done = lo[complete], col[complete], key[complete], bound[complete], rows[complete]
+            if not complete.all():
+                retry.append(rows[~complete])
+                rows, lo, col, key, sq_col, bound = (t[complete] for t in (rows, lo, col, key, sq_col, bound))
             nearest = torch.gather(col, 1, torch.topk(lo, min(_ORDER_NEIGHBOURS, n_keep), dim=1, largest=False).indices)
-            gram_d2 = (keys.sq[done, None] + key + keys.tau * keys.sq[col]) * ratio
-            found.append((done, col, lo <= bound[:, None], nearest, gram_d2))
-            retry.append(rows[~complete])
-        todo, n_keep = torch.cat(retry), min(n - 1, 2 * n_keep)
+            # Float64 keys' Gram d^2 serve pass 2 as they are; float32 ones are replaced.
+            gram_d2 = ((keys.sq[rows, None] + key + keys.tau * sq_col) / keys.scale ** 2  # the scaling is exact
+                       if keys.dtype == torch.float64 else None)
+            found.append((rows, col, lo <= bound[:, None], nearest, gram_d2))
+        todo, n_keep = torch.cat(retry) if retry else todo[:0], min(n - 1, 2 * n_keep)
     width = max(int(inside.sum(1).max()) for _, _, inside, _, _ in found if len(inside))
     cand = torch.empty((n, width), dtype=torch.int64, device=sq.device)
     valid = torch.empty((n, width), dtype=torch.bool, device=sq.device)
     nearest = torch.empty((n, found[0][3].shape[1]), dtype=torch.int64, device=sq.device)
-    approx = torch.empty((n, width), dtype=torch.float64, device=sq.device)
+    approx = torch.empty((n, width), dtype=torch.float64, device=sq.device) if keys.dtype == torch.float64 else None
     for rows, col, inside, near, gram_d2 in found:
         # Each row's candidates packed first, in order (to their rank among them; the rest to a spare last column
         # that goes), so that the columns past the most any row has can go. Other entries repeat the row's nearest:
         # every entry is then a column of the row block's GEMM.
         slot = torch.where(inside, torch.cumsum(inside, dim=1) - 1, width)
         cand[rows] = near[:, :1].repeat(1, width + 1).scatter_(1, slot, col)[:, :width]
-        approx[rows] = gram_d2.new_full((len(rows), width + 1), torch.inf).scatter_(1, slot, gram_d2)[:, :width]
+        if approx is not None:
+            approx[rows] = gram_d2.new_full((len(rows), width + 1), torch.inf).scatter_(1, slot, gram_d2)[:, :width]
         valid[rows] = torch.arange(width, device=sq.device) < inside.sum(1, keepdim=True)
         nearest[rows] = near[:, :nearest.shape[1]]
     return cand, valid, nearest, approx
@@ -316,42 +326,28 @@ def _breadth_first(nearest_of, n: int, starts, limit: int) -> list[int]:
     return order[:limit]
 
 
-def _candidate_gram_d2(a, sq, cand, order, block, union_rows):
+def _candidate_gram_d2(a, sq, cand, order, pair_rows):
     """Float64 Gram d^2 = |a_i|^2 + |a_j|^2 - 2 a_i.a_j of every row and its candidates ([n, m], like cand).
 
-    Rows are taken `union_rows` at a time in `order` (neighbours together), each block in one GEMM over the union of
-    its rows' candidates; unless those unions add up to more than half of every pair (data without neighbourhoods
-    that rows share, or candidates that are most points), where the symmetric blocks of the whole Gram matrix,
-    each computed once, cost less."""
-    n = len(a)
-    blocks = [order[r0:r0 + union_rows] for r0 in range(0, n, union_rows)]
-    unions = []
-    for rows in blocks:
-        used = torch.zeros(n, dtype=torch.bool, device=a.device)
-        used[cand[rows]] = True
-        unions.append(torch.nonzero(used)[:, 0])
-    gram_of_pairs = torch.empty(cand.shape, dtype=torch.float64, device=a.device)
-    if 2 * sum(len(rows) * len(columns) for rows, columns in zip(blocks, unions)) <= n * n:
-        where = torch.empty(n, dtype=torch.int64, device=a.device)
-        buffer = a.new_empty((max(map(len, unions)), a.shape[1]))  # one buffer: fresh ones cost page faults
-        for rows, columns in zip(blocks, unions):
-            where[columns] = torch.arange(len(columns), device=a.device)
-            union = torch.index_select(a, 0, columns, out=buffer[:len(columns)])
-            gram_of_pairs[rows] = torch.gather(a[rows] @ union.T, 1, where[cand[rows]])
-    else:
-        starts = range(0, n, block)
-        for i0 in starts:
-            rows_i = slice(i0, min(n, i0 + block))
-            for j0 in starts[i0 // block:]:
-                rows_j = slice(j0, min(n, j0 + block))
-                gram = a[rows_i] @ a[rows_j].T
-                for rows, cols, part in ((rows_i, rows_j, gram), (rows_j, rows_i, gram.T)):
-                    inside = (cand[rows] >= cols.start) & (cand[rows] < cols.stop)
-                    values = torch.gather(part, 1, (cand[rows] - cols.start).clamp_(0, part.shape[1] - 1))
-                    gram_of_pairs[rows] = torch.where(inside, values, gram_of_pairs[rows])
-                    if j0 == i0:
-                        break
-    return (sq[:, None] + sq[cand]).sub_(2 * gram_of_pairs)
+    Rows are taken `pair_rows` at a time in `order` (neighbours together), each block's pairs from one GEMM of its rows
+    with the union of their candidates: rows that are neighbours share most of theirs. (Computing each pair once, in
+    the block of the earlier of its rows, saves nothing on LLM-like data: candidates there are mostly one-way, hubs
+    that are every row's candidates while few of theirs are.)"""
+    n, device = len(a), a.device
+    gram_of_pairs = torch.empty(cand.shape, dtype=torch.float64, device=device)
+    column_in_union = torch.empty(n, dtype=torch.int64, device=device)
+    buffer = None  # one buffer for the unions: fresh ones cost page faults
+    for r0 in range(0, n, pair_rows):
+        rows = order[r0:r0 + pair_rows]
+        in_union = torch.zeros(n, dtype=torch.bool, device=device)
+        in_union[cand[rows]] = True
+        columns = torch.nonzero(in_union)[:, 0]
+        column_in_union[columns] = torch.arange(len(columns), device=device)
+        if buffer is None or len(buffer) < len(columns):
+            buffer = a.new_empty((max(len(columns), min(n, 2 * cand.shape[1])), a.shape[1]))
+        union = torch.index_select(a, 0, columns, out=buffer[:len(columns)])
+        gram_of_pairs[rows] = torch.gather(_gemm(a[rows], union.T), 1, column_in_union[cand[rows]])
+    return (sq[:, None] + sq[cand]).sub_(gram_of_pairs.mul_(2))
 
 
 def _exact_rows(x, sq, rows, cand, valid, approx, tau, maxk):
