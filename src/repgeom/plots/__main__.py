@@ -178,33 +178,30 @@ def main(argv=None) -> int:
     var.add_argument("--shots", type=int, required=True)
     var.add_argument("--out", required=True, help="PNG file")
     var.set_defaults(func=cmd_variant_ari)
-    fig = sub.add_parser("figures", help="one model's figure set (FIGURE_NAMES) as PNG, and PDF with --pdf")
-    fig.add_argument("--metrics", required=True, help="merged metric table (metrics/all.parquet)")
+    # What both figure commands read and write.
+    drawing = argparse.ArgumentParser(add_help=False)
+    drawing.add_argument("--metrics", required=True, help="merged metric table (metrics/all.parquet)")
+    drawing.add_argument("--lens", required=True, help="logit lens table (tables/lens.csv)")
+    drawing.add_argument("--settings-json", required=True,
+                         help="analysis parameters as JSON (or a JSON file): the config's analysis.params")
+    drawing.add_argument("--out-dir", required=True)
+    drawing.add_argument("--pdf", action="store_true", help="write each figure as PDF too")
+    fig = sub.add_parser("figures", parents=[drawing],
+                         help="one model's figure set (FIGURE_NAMES) as PNG, and PDF with --pdf")
     fig.add_argument("--overlap", required=True, help="merged overlap table (metrics/overlap.parquet)")
     fig.add_argument("--accuracy", required=True, help="accuracy table (tables/accuracy.csv)")
-    fig.add_argument("--lens", required=True, help="logit lens table (tables/lens.csv)")
     fig.add_argument("--checkpoints", nargs="*", default=[], metavar="METHOD=FILE",
                      help="a training run's checkpoints.json ({checkpoint: step}) per fine-tuning method")
-    fig.add_argument("--settings-json", required=True,
-                     help="analysis parameters as JSON (or a JSON file): the config's analysis.params")
     fig.add_argument("--model", required=True)
     fig.add_argument("--conditions", nargs="*", help="only these conditions (default: every one in the tables)")
-    fig.add_argument("--out-dir", required=True)
-    fig.add_argument("--pdf", action="store_true", help="write each figure as PDF too")
     fig.set_defaults(func=cmd_figures)
-    cmp = sub.add_parser("compare-models", help="the figures across models (COMPARISON_NAMES) as PNG, and PDF with "
-                                                "--pdf")
-    cmp.add_argument("--metrics", required=True, help="merged metric table (metrics/all.parquet)")
-    cmp.add_argument("--lens", required=True, help="logit lens table (tables/lens.csv)")
+    cmp = sub.add_parser("compare-models", parents=[drawing],
+                         help="the figures across models (COMPARISON_NAMES) as PNG, and PDF with --pdf")
     cmp.add_argument("--models", nargs="+", required=True, help="the models drawn, in this order (and colour)")
     cmp.add_argument("--conditions", nargs="+", required=True,
                      help="a panel each: conditions every model has, or ft-{method}-last (a method's last checkpoint)")
     cmp.add_argument("--checkpoints", nargs="*", default=[], metavar="MODEL:METHOD=FILE",
                      help="each model's training runs' checkpoints.json ({checkpoint: step}), for ft-{method}-last")
-    cmp.add_argument("--settings-json", required=True,
-                     help="analysis parameters as JSON (or a JSON file): the config's analysis.params")
-    cmp.add_argument("--out-dir", required=True)
-    cmp.add_argument("--pdf", action="store_true", help="write each figure as PDF too")
     cmp.set_defaults(func=cmd_compare_models)
     args = parser.parse_args(argv)
     args.func(args)
