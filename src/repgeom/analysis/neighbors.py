@@ -148,16 +148,13 @@ def knn(X: np.ndarray, maxk: int, device: str | torch.device | None = None,
     return dist.cpu().numpy(), ind.cpu().numpy()
 
 
-def _gemm(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """A @ B (into `out`, if given); on the CPU by numpy's BLAS, like the reference's kNN (sklearn): the OpenBLAS of
-    numpy's wheels ran these GEMMs 10-60% faster than torch's MKL on an AMD EPYC, and a product of rows with
-    themselves as a symmetric one (half the work)."""
+def _gemm(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """A @ B; on the CPU by numpy's BLAS, like the reference's kNN (sklearn): the OpenBLAS of numpy's wheels ran these
+    GEMMs 10-60% faster than torch's MKL on an AMD EPYC, and a product of rows with themselves as a symmetric one
+    (half the work)."""
     if A.device.type != "cpu":
-        return torch.matmul(A, B, out=out)
-    if out is None:
-        return torch.from_numpy(np.matmul(A.numpy(), B.numpy()))
-    np.matmul(A.numpy(), B.numpy(), out=out.numpy())
-    return out
+        return A @ B
+    return torch.from_numpy(np.matmul(A.numpy(), B.numpy()))
 
 
 @contextlib.contextmanager
@@ -331,8 +328,8 @@ def _candidate_gram_d2(a, sq, cand, order, pair_rows):
 
     Rows are taken `pair_rows` at a time in `order` (neighbours together), each block's pairs from one GEMM of its rows
     with the union of their candidates: rows that are neighbours share most of theirs. (Computing each pair once, in
-    the block of the earlier of its rows, saves nothing on LLM-like data: candidates there are mostly one-way, hubs
-    that are every row's candidates while few of theirs are.)"""
+    the block of the earlier of its rows, saved nothing on the benchmark's data: only 17% of its candidate pairs are
+    mutual, most candidates being hubs that every row has while few of theirs are.)"""
     n, device = len(a), a.device
     gram_of_pairs = torch.empty(cand.shape, dtype=torch.float64, device=device)
     column_in_union = torch.empty(n, dtype=torch.int64, device=device)
