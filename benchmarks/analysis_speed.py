@@ -189,7 +189,7 @@ def main() -> None:
     devices = {"b_project_cpu": "cpu"}
     if torch.cuda.is_available() and not args.no_gpu:
         devices["c_project_gpu"] = "cuda"
-    runs, gram = {}, {}
+    runs, gram, knn_seconds = {}, {}, {}
     with threadpool_limits(limits=args.threads):
         y_neighbors = layer_neighbors(Y, p.kept_neighbors)  # what Y's own analysis keeps (outside the timing)
         paths = {"a_dadapy_reference": lambda: reference_path(X, Y, labels, p)}
@@ -205,6 +205,7 @@ def main() -> None:
                     gram[name] = {library: min(gram.get(name, {}).get(library, np.inf),
                                                gram_seconds(X, Y, library, devices[name])) for library in libraries}
                 result = path()
+                knn_seconds[name] = min(knn_seconds.get(name, np.inf), result[1]["knn"])
                 if name not in runs or sum(result[1].values()) < sum(runs[name][1].values()):
                     runs[name] = result
         small = small_layer(args.small_n, args.small_d, max(5, 5 * args.repeats), args.seed)
@@ -233,13 +234,15 @@ def main() -> None:
         print(f"{name}: reference's metric set {shared:.2f} s ({a_shared / shared:.2f}x of (a)), "
               f"all metrics {total:.2f} s ({a_shared / total:.2f}x), "
               f"{'identical to (a)' if not mismatches else 'DIFFERS: ' + '; '.join(mismatches)}")
+        # Both the Gram matrix and the kNN as the fastest of the repeats.
+        knn = knn_seconds[name]
         for library, seconds in gram.get(name, {}).items():
             rate = gram_flop / seconds / 1e9
-            entry[f"float32_gram_{library}"] = {"s": seconds, "gflops": rate, "knn_over_gram": t["knn"] / seconds}
+            entry[f"float32_gram_{library}"] = {"s": seconds, "gflops": rate, "knn_s": knn, "knn_over_gram": knn / seconds}
             whose = " (the kNN's BLAS on the CPU)" if library == "numpy" and devices[name] == "cpu" else ""
             print(f"  {library}{whose} float32 matmul: a Gram matrix's work (2 N^2 D = {gram_flop:.2g} FLOP) in "
-                  f"{seconds:.2f} s = {rate:.0f} GFLOP/s; the kNN ({t['knn']:.2f} s) takes {t['knn'] / seconds:.2f} "
-                  f"of them ({100 * seconds / t['knn']:.0f}% of that rate)")
+                  f"{seconds:.2f} s = {rate:.0f} GFLOP/s; the kNN (fastest {knn:.2f} s) takes {knn / seconds:.2f} "
+                  f"of them ({100 * seconds / knn:.0f}% of that rate)")
         report["runs"][name] = entry
     print(f"small layer N={small['n']} D={small['d']} ({small['params']} parameters): {small['layer_s']:.3f} s per "
           "layer, all metrics (" + ", ".join(f"{k} {v:.3f}" for k, v in small["stages_s"].items())

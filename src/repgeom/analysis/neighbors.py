@@ -18,7 +18,7 @@ rows that are neighbours share most of them (clusters, low-dimensional structure
 takes rows in blocks of neighbours (breadth-first over the candidates) and computes each block's candidates in one
 float64 GEMM over the union of their columns, a small multiple of maxk / N of a float64 Gram matrix. The float32
 product is half a Gram matrix's work; on the benchmark's LLM-like data (benchmarks/analysis_speed.py) the whole
-takes about 1.7 times one float32 Gram matrix at numpy's rate. Elsewhere (small layers, data without such structure) pass 1 runs in float64 and its
+takes 1.4-1.7 times one float32 Gram matrix at numpy's rate. Elsewhere (small layers, data without such structure) pass 1 runs in float64 and its
 Gram values serve pass 2; when the candidates would be most points, every pair is computed. The code is torch (its
 CPU GEMMs through numpy's BLAS), so the same path runs on the GPU and on the CPU.
 """
@@ -126,15 +126,15 @@ def knn(X: np.ndarray, maxk: int, device: str | torch.device | None = None,
         if 2 * n_first >= n:  # small layers: every pair
             cand = _all_other_rows(n, dev)
             valid = torch.ones_like(cand, dtype=torch.bool)
-            approx = _candidate_gram_d2(a, sq, cand, torch.arange(n, device=dev), pair_rows)
+            approx = _candidate_gram_d2(a, sq, cand, _row_blocks([list(range(n))], pair_rows))
         else:
             # Where float32 candidates would not save float64 work, one float64 Gram matrix gives them directly.
             keys = _float32_keys_if_they_pay(a, sq, n_first, block, pair_rows) or _Keys(a, sq, torch.float64, block)
             cand, valid, nearest, approx = _candidates(keys, sq, maxk, n_first)
             if keys.dtype == torch.float32:
                 near = nearest.cpu().numpy()
-                order = torch.as_tensor(_breadth_first(near.__getitem__, n, range(n), n), device=dev)
-                approx = _candidate_gram_d2(a, sq, cand, order, pair_rows)
+                blocks = _row_blocks(_breadth_first(near.__getitem__, n, range(n), n), pair_rows)
+                approx = _candidate_gram_d2(a, sq, cand, blocks)
         # Rigorous bound on |float64 Gram d^2 - exact d^2| is tau * (|a_i|^2 + |a_j|^2): dot products (2 D u),
         # the final additions and the centring (a few u).
         tau = (2 * dim + 32) * _U64
@@ -242,8 +242,8 @@ def _float32_keys_if_they_pay(a, sq, n_candidates: int, block: int, pair_rows: i
     def keys_of(rows):
         return keys.panel(torch.as_tensor(rows, device=device))
 
-    rows = _breadth_first(lambda rows: torch.topk(keys_of(rows), _ORDER_NEIGHBOURS, dim=1, largest=False).indices
-                          .cpu().numpy(), n, [0], pair_rows)
+    rows, = _breadth_first(lambda rows: torch.topk(keys_of(rows), _ORDER_NEIGHBOURS, dim=1, largest=False).indices
+                           .cpu().numpy(), n, [0], pair_rows)
     union = torch.unique(torch.topk(keys_of(rows), n_candidates, dim=1, largest=False).indices).numel()
     return keys if union < n / 4 else None
 
@@ -300,50 +300,74 @@ def _candidates(keys: _Keys, sq, maxk, n_first):
     return cand, valid, nearest, approx
 
 
-def _breadth_first(nearest_of, n: int, starts, limit: int) -> list[int]:
+def _breadth_first(nearest_of, n: int, starts, limit: int) -> list[list[int]]:
     """The first `limit` rows in breadth-first order over each row's nearest (`nearest_of(rows)`: a row of columns per
-    row, nearest first), from each start not reached yet: consecutive rows are neighbours, so a block of them shares
-    most candidates. The rows queued are expanded together (one GEMM when their nearest are computed), in order."""
+    row, nearest first), from each start not reached yet, as the components reached from each start (on clustered
+    data, the clusters): consecutive rows are neighbours, so a block of them shares most candidates. The rows queued
+    are expanded together (one GEMM when their nearest are computed), in order."""
     seen = np.zeros(n, dtype=bool)
-    order = []  # in the order found, which is the order the queue gives them back
+    components, total = [], 0
     for start in starts:
         if seen[start]:
             continue
         seen[start] = True
-        order.append(start)
+        component = [start]  # in the order found, which is the order the queue gives them back
         queue = deque([start])
-        while queue and len(order) < limit:
+        while queue and total + len(component) < limit:
             for near in nearest_of([queue.popleft() for _ in range(len(queue))]):
                 new = near[~seen[near]]
                 seen[new] = True
-                order.extend(new.tolist())
+                component.extend(new.tolist())
                 queue.extend(new.tolist())
-        if len(order) >= limit:
+        components.append(component[:limit - total])
+        total += len(components[-1])
+        if total >= limit:
             break
-    return order[:limit]
+    return components
 
 
-def _candidate_gram_d2(a, sq, cand, order, pair_rows):
+def _row_blocks(components: list[list[int]], size: int) -> list[list[int]]:
+    """Blocks of about `size` rows for the float64 pass, whose rows share their candidates: a component larger than
+    that in equal parts, smaller ones together while they fit."""
+    blocks, current = [], []
+    for component in components:
+        parts = max(1, round(len(component) / size))
+        for p in range(parts):
+            part = component[p * len(component) // parts:(p + 1) * len(component) // parts]
+            if current and len(current) + len(part) > size:
+                blocks.append(current)
+                current = []
+            current = current + part
+    return blocks + [current]
+
+
+def _candidate_gram_d2(a, sq, cand, blocks: list[list[int]]):
     """Float64 Gram d^2 = |a_i|^2 + |a_j|^2 - 2 a_i.a_j of every row and its candidates ([n, m], like cand).
 
-    Rows are taken `pair_rows` at a time in `order` (neighbours together), each block's pairs from one GEMM of its rows
-    with the union of their candidates: rows that are neighbours share most of theirs. (Computing each pair once, in
-    the block of the earlier of its rows, saved nothing on the benchmark's data: only 17% of its candidate pairs are
-    mutual, most candidates being hubs that every row has while few of theirs are.)"""
+    Rows are taken in `blocks` of neighbours, each block's pairs from one GEMM of its rows with the union of their
+    candidates: rows that are neighbours share most of theirs. Hubs, the columns in every block's union (on the
+    benchmark's data the central points of the other clusters), come from one GEMM of all rows instead, which runs
+    faster than the blocks' and copies them once, not once a block. (Computing each pair once, in the block of
+    the earlier of its rows, saved nothing on the benchmark's data: only 17% of its candidate pairs are mutual.)"""
     n, device = len(a), a.device
+    blocks = [torch.as_tensor(rows, device=device) for rows in blocks]
+    in_union = torch.zeros((len(blocks), n), dtype=torch.bool, device=device)
+    for b, rows in enumerate(blocks):
+        in_union[b, cand[rows]] = True
+    hub = in_union.all(0)
+    hubs = torch.nonzero(hub)[:, 0]
+    hub_gram = _gemm(a, a[hubs].T)  # [n, hubs]
+    # A column's place in a block's values: hubs first, then the block's other columns.
+    column_in_block = torch.empty(n, dtype=torch.int64, device=device)
+    column_in_block[hubs] = torch.arange(len(hubs), device=device)
     gram_of_pairs = torch.empty(cand.shape, dtype=torch.float64, device=device)
-    column_in_union = torch.empty(n, dtype=torch.int64, device=device)
-    buffer = None  # one buffer for the unions: fresh ones cost page faults
-    for r0 in range(0, n, pair_rows):
-        rows = order[r0:r0 + pair_rows]
-        in_union = torch.zeros(n, dtype=torch.bool, device=device)
-        in_union[cand[rows]] = True
-        columns = torch.nonzero(in_union)[:, 0]
-        column_in_union[columns] = torch.arange(len(columns), device=device)
-        if buffer is None or len(buffer) < len(columns):
-            buffer = a.new_empty((max(len(columns), min(n, 2 * cand.shape[1])), a.shape[1]))
-        union = torch.index_select(a, 0, columns, out=buffer[:len(columns)])
-        gram_of_pairs[rows] = torch.gather(_gemm(a[rows], union.T), 1, column_in_union[cand[rows]])
+    buffer = a.new_empty((int((in_union & ~hub).sum(1).max()), a.shape[1]))  # one buffer: fresh ones cost page faults
+    for b, rows in enumerate(blocks):
+        columns = torch.nonzero(in_union[b] & ~hub)[:, 0]
+        column_in_block[columns] = torch.arange(len(hubs), len(hubs) + len(columns), device=device)
+        others = torch.index_select(a, 0, columns, out=buffer[:len(columns)])
+        values = torch.cat([hub_gram[rows], _gemm(a[rows], others.T)], dim=1)
+        gram_of_pairs[rows] = torch.gather(values, 1, column_in_block[cand[rows]])
     return (sq[:, None] + sq[cand]).sub_(gram_of_pairs.mul_(2))
 
 
