@@ -217,14 +217,17 @@ class _Keys:
 
     def panel(self, rows):
         """The keys of `rows`, computed now (whether or not the matrix is kept whole)."""
-        keys = _gemm(self.scaled[rows], self.scaled.T).mul_(-2.0).add_(self.offset[None, :])
+        keys = self._keys_from_gram(_gemm(self.scaled[rows], self.scaled.T))
         keys[torch.arange(len(rows), device=rows.device), rows] = torch.inf
         return keys
 
     def _all(self):
         # One product of the rows with themselves: numpy's BLAS computes it as a symmetric one (half the work).
-        keys = _gemm(self.scaled, self.scaled.T).mul_(-2.0).add_(self.offset[None, :])
-        return keys.fill_diagonal_(torch.inf)
+        return self._keys_from_gram(_gemm(self.scaled, self.scaled.T)).fill_diagonal_(torch.inf)
+
+    def _keys_from_gram(self, gram):
+        """key_ij = (1 - tau) |a_j|^2 - 2 a_i.a_j from the (scaled) Gram values, in place."""
+        return gram.mul_(-2.0).add_(self.offset[None, :])
 
 
 def _float32_keys_if_they_pay(a, sq, n_candidates: int, block: int, pair_rows: int) -> _Keys | None:
