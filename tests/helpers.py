@@ -17,6 +17,11 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # `launcher` of `run_module`: two ranks on the CPU (gloo).
 TWO_RANKS = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+# A rank's "rank R of W" line in one write: ranks share one stdout, and a print() of several pieces interleaves
+# character by character with the other rank's when Python runs unbuffered (CI once read "rankrank  10  ofof  22").
+RANK_SCRIPT = ("import os\n"
+               "rank, world = os.environ.get('RANK', '0'), os.environ.get('WORLD_SIZE', '1')\n"
+               "os.write(1, f'rank {rank} of {world}\\n'.encode())\n")
 # Its sitecustomize.py kills a process at a point named in the environment.
 FAULTS = Path(__file__).resolve().parent / "faults"
 

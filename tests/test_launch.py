@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import RANK_SCRIPT
 
 from repgeom.launch import LaunchError, build_command, gpu_count, in_slurm_allocation_outside_step, main, \
     visible_devices
@@ -93,14 +94,13 @@ def test_print_shows_the_command(capsys, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("gpus, ranks", [(1, ["0 of 1"]), (2, ["0 of 2", "1 of 2"])])
+@pytest.mark.parametrize("gpus, ranks", [(1, ["rank 0 of 1"]), (2, ["rank 0 of 2", "rank 1 of 2"])])
 def test_ranks_really_start(gpus, ranks, tmp_path):
     """Through the real CLI: one process as is, or two torchrun ranks with RANK and WORLD_SIZE (CPU only)."""
-    code = "import os; print(os.environ.get('RANK', '0'), 'of', os.environ.get('WORLD_SIZE', '1'))"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CUDA_VISIBLE"))}
     env["PATH"] = f"{os.path.dirname(sys.executable)}:{env['PATH']}"
-    result = subprocess.run([sys.executable, "-m", "repgeom.launch", "--gpus", str(gpus), "--", "python", "-c", code],
-                            capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    command = [sys.executable, "-m", "repgeom.launch", "--gpus", str(gpus), "--", "python", "-c", RANK_SCRIPT]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert sorted(result.stdout.splitlines()) == ranks
     assert f"{gpus} GPU(s) (--gpus)" in result.stderr

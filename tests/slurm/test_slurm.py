@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from helpers import RANK_SCRIPT
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "tests/slurm/cluster.sh"
@@ -207,9 +208,8 @@ rule ranks:
     output: "ranks.txt"
     log: "ranks.log"
     resources: gpu=2, cpus_per_task=1, mem_mb=300, runtime=5, slurm_partition="gpu"
-    shell: "python -m repgeom.launch -- python -c 'import os; print(\\"rank\\", os.environ[\\"RANK\\"], \\"of\\", os.environ[\\"WORLD_SIZE\\"])' > {output} 2> {log}"
+    shell: "python -m repgeom.launch -- python rank.py > {output} 2> {log}"
 """
-RANKS_PYTHON = "import os; print('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'])"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -250,6 +250,7 @@ def runs(cluster, tmp_path_factory):
     ranks = base / "ranks"
     ranks.mkdir()
     (ranks / "Snakefile").write_text(RANKS_SNAKEFILE)
+    (ranks / "rank.py").write_text(RANK_SCRIPT)
     (ranks / "config.yaml").write_text("{}\n")
 
     plan = run(snakemake_command(ref, "--dry-run", "--printshellcmds"))
@@ -260,7 +261,7 @@ def runs(cluster, tmp_path_factory):
     batch_out = base / "batch_ranks.out"
     batch = subprocess.run(["sbatch", "--parsable", "-p", "gpu", f"--gpus={EXTRACT_GPUS}", "--cpus-per-task=1",
                             "--mem=300", "-t", "5", "-o", str(batch_out), "-D", str(base), "--wrap",
-                            f"python -m repgeom.launch -- python -c {shlex.quote(RANKS_PYTHON)}"],
+                            f"python -m repgeom.launch -- python {shlex.quote(str(ranks / 'rank.py'))}"],
                            capture_output=True, text=True, env=clean_env(), check=True)
 
     interrupted_command = snakemake_command(intr)
@@ -398,7 +399,8 @@ def test_multi_gpu_job_starts_one_rank_per_gpu(runs):
     assert fields["JobState"] == "COMPLETED", out.read_text()
     text = out.read_text()
     assert "srun --ntasks 1" in text and "torch.distributed.run" in text
-    assert sorted(line for line in text.splitlines() if line.startswith("rank ")) == ["rank 0 of 2", "rank 1 of 2"]
+    ranks = sorted(line for line in text.splitlines() if line.startswith("rank "))
+    assert ranks == ["rank 0 of 2", "rank 1 of 2"], text
 
 
 @pytest.mark.slow
