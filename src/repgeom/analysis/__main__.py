@@ -34,6 +34,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from repgeom.analysis.layer import AnalysisInputError, layer_analysis, token_local_id_rows, validate_representation  # noqa: E402
+from repgeom.analysis.memory import keep_freed_memory  # noqa: E402
 from repgeom.analysis.neighbor_artifact import NeighborArtifact, NeighborArtifactError, writing_artifact  # noqa: E402
 from repgeom.analysis.overlap import OverlapSide, aligned_to, pair_overlap  # noqa: E402
 from repgeom.analysis.params import AnalysisParams  # noqa: E402
@@ -250,4 +251,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # a process setting, so here and not in main(), which tests call in-process
     sys.exit(main())
