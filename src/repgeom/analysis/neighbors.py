@@ -18,7 +18,7 @@ rows that are neighbours share most of them (clusters, low-dimensional structure
 takes rows in blocks of neighbours (breadth-first over the candidates) and computes each block's candidates in one
 float64 GEMM over the union of their columns, a small multiple of maxk / N of a float64 Gram matrix. The float32
 product is half a Gram matrix's work; on the benchmark's LLM-like data (benchmarks/analysis_speed.py) the whole
-takes 1.36-1.48 times one float32 Gram matrix at numpy's rate. Elsewhere (small layers, data without such
+takes 1.36-1.51 times one float32 Gram matrix at numpy's rate. Elsewhere (small layers, data without such
 structure) pass 1 runs in float64 and its Gram values serve pass 2; when the candidates would be most points,
 every pair is computed. The code is torch (its CPU GEMMs through numpy's BLAS), so the same path runs on the GPU
 and on the CPU.
