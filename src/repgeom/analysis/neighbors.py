@@ -365,9 +365,10 @@ def _candidate_gram_d2(a, sq, cand, blocks: list[list[int]]):
     column_in_block = torch.empty(n, dtype=torch.int64, device=device)
     column_in_block[hubs] = torch.arange(len(hubs), device=device)
     d2 = torch.empty(cand.shape, dtype=torch.float64, device=device)
-    buffer = a.new_empty((int((in_union & ~hub).sum(1).max()), a.shape[1]))  # one buffer: fresh ones cost page faults
+    other_columns = in_union & ~hub  # [blocks, n]: each block's columns that are not hubs
+    buffer = a.new_empty((int(other_columns.sum(1).max()), a.shape[1]))  # one buffer: fresh ones cost page faults
     for b, rows in enumerate(blocks):
-        columns = torch.nonzero(in_union[b] & ~hub)[:, 0]
+        columns = torch.nonzero(other_columns[b])[:, 0]
         column_in_block[columns] = torch.arange(len(hubs), len(hubs) + len(columns), device=device)
         others = torch.index_select(a, 0, columns, out=buffer[:len(columns)])
         values = torch.cat([hub_gram[rows], _gemm(a[rows], others.T)], dim=1)
