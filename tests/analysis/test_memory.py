@@ -8,9 +8,14 @@ from pathlib import Path
 import pytest
 
 SCRIPT = """
-import ctypes, resource, sys
+import contextlib, ctypes, io, resource, runpy, sys
 from repgeom.analysis.memory import keep_freed_memory
-applied = keep_freed_memory() if sys.argv[1] == "keep" else False
+mode = sys.argv[1]
+if mode == "entry":  # the analysis entry point as a process runs it (here only up to its --help)
+    sys.argv = ["python -m repgeom.analysis", "--help"]
+    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):
+        runpy.run_module("repgeom.analysis", run_name="__main__")
+applied = keep_freed_memory() if mode == "keep" else False
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
 libc.free.argtypes = (ctypes.c_void_p,)
@@ -40,3 +45,10 @@ def test_freed_memory_serves_the_next_allocation():
     if not (thp.exists() and "[always]" in thp.read_text()):  # 4 KiB pages: one fault each, 65,536 for 256 MiB
         assert default_faults > 30_000
     assert kept_faults < 1_000 and kept_faults < default_faults
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc setting")
+def test_the_analysis_entry_point_keeps_freed_memory():
+    _, entry_faults = second_allocation("entry")
+    _, default_faults = second_allocation("default")
+    assert entry_faults < 1_000 and entry_faults < default_faults
