@@ -1,6 +1,7 @@
 # repgeom: the geometry of LLM representations under in-context learning and fine-tuning.
 # Rules are thin: each wires files and parameters and calls `python -m repgeom.<stage>`.
 import os
+import signal
 
 from snakemake.utils import min_version, validate
 
@@ -17,6 +18,12 @@ if not workflow.overwrite_configfiles:
 report: "workflow/report/workflow.rst"
 
 
+# Slurm's warning before a job's time limit (SIGUSR1, which profiles/slurm asks for the fine-tuning) reaches
+# every process of the job's step, this Snakemake process among them: it must outlive the signal while the
+# training saves its state and stops. Its children inherit the ignore until they handle the signal themselves.
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/resume.smk"
 include: "workflow/rules/data.smk"
@@ -25,6 +32,24 @@ include: "workflow/rules/finetune.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/report.smk"
+
+
+# Tables, merges and figures take seconds: on a cluster they run in this process, not as jobs of their own.
+localrules:
+    all,
+    condition_metrics,
+    run_metrics,
+    run_overlap,
+    accuracy_table,
+    lens_table,
+    variant_figure,
+    model_figures,
+
+
+if COMPARISON_FIGURES:
+
+    localrules:
+        model_comparison,
 
 
 onstart:

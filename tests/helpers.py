@@ -63,5 +63,14 @@ def run_module(module: str, *args, env_extra: Mapping[str, str] | None = None, l
 def sigkill_after(count: int, event: str) -> dict[str, str]:
     """`env_extra` of `run_module` under which the process SIGKILLs itself after `count` events: "chunks" (row
     chunks the extraction has written) or "steps" (optimizer steps of the fine-tuning); see tests/faults."""
-    path = os.pathsep.join(filter(None, (str(FAULTS), os.environ.get("PYTHONPATH"))))
-    return {"PYTHONPATH": path, f"REPGEOM_TEST_SIGKILL_AFTER_{event.upper()}": str(count)}
+    return {**faults_path(), f"REPGEOM_TEST_SIGKILL_AFTER_{event.upper()}": str(count)}
+
+
+def signal_after(count: int, event: str, signal: str) -> dict[str, str]:
+    """As `sigkill_after`, with another signal (e.g. "USR1"), which the process may handle."""
+    return {**sigkill_after(count, event), "REPGEOM_TEST_SIGNAL": signal}
+
+
+def faults_path() -> dict[str, str]:
+    """The PYTHONPATH under which tests/faults applies its REPGEOM_TEST_* variables."""
+    return {"PYTHONPATH": os.pathsep.join(filter(None, (str(FAULTS), os.environ.get("PYTHONPATH"))))}

@@ -9,8 +9,8 @@ import sys
 import pytest
 from helpers import RANK_SCRIPT
 
-from repgeom.launch import LaunchError, build_command, gpu_count, in_slurm_allocation_outside_step, main, \
-    visible_devices
+from repgeom.launch import LaunchError, build_command, check_one_node, gpu_count, in_slurm_allocation_outside_step, \
+    main, visible_devices
 
 COMMAND = ["python", "-m", "repgeom.extract", "--model", "m", "--prompts", "p.parquet"]
 PY = "/env/bin/python"
@@ -111,3 +111,29 @@ def test_a_failing_command_fails_the_launch(tmp_path):
                             capture_output=True, text=True, timeout=60, cwd=tmp_path,
                             env={k: v for k, v in os.environ.items() if not k.startswith("SLURM_")})
     assert result.returncode == 3
+
+
+def test_a_multi_gpu_job_spread_over_nodes_is_refused_with_its_job_and_nodes():
+    """What Slurm gives `sbatch --gpus=2` on nodes of one GPU each, without --nodes=1 (seen on tests/slurm/nodes.sh)."""
+    spread = {"SLURM_JOB_ID": "41", "SLURM_JOB_NAME": "run-uuid", "SLURM_JOB_NUM_NODES": "2",
+              "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_GPUS_ON_NODE": "1"}
+    with pytest.raises(LaunchError, match=r"Slurm job 41 \(run-uuid\) runs 2 ranks on one node, but Slurm gave it 2 "
+                                          r"nodes \(n\[1-2\]\), with 1 of its GPUs on this one: submit it with --nodes=1"):
+        check_one_node(2, spread)
+    with pytest.raises(LaunchError, match=r"runs 4 ranks, but its node \(n3\) holds 2 of its GPUs"):
+        check_one_node(4, {"SLURM_JOB_ID": "42", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "n3",
+                           "SLURM_GPUS_ON_NODE": "2"})
+    # One node holding them all, one rank, or no Slurm at all: nothing to refuse.
+    check_one_node(2, {**spread, "SLURM_JOB_NUM_NODES": "1", "SLURM_GPUS_ON_NODE": "2"})
+    check_one_node(1, spread)
+    check_one_node(2, {"SLURM_JOB_NUM_NODES": "2"})
+
+
+def test_the_launch_stops_before_any_rank_on_a_spread_job(tmp_path, capsys, monkeypatch):
+    for name, value in {"SLURM_JOB_ID": "41", "SLURM_JOB_NAME": "x", "SLURM_JOB_NUM_NODES": "2",
+                        "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_GPUS_ON_NODE": "1", "SLURM_STEP_ID": "0"}.items():
+        monkeypatch.setenv(name, value)
+    marker = tmp_path / "ran"
+    assert main(["--gpus", "2", "--", "touch", str(marker)]) == 1
+    assert "submit it with --nodes=1" in capsys.readouterr().err
+    assert not marker.exists()

@@ -6,7 +6,7 @@ import yaml
 
 from repgeom.analysis.params import layer_memory_mb
 from repgeom.workflow.config import cross_section_errors
-from repgeom.workflow.resources import MMLU_TEST_ROWS, JobResources, analysis_points
+from repgeom.workflow.resources import MMLU_TEST_ROWS, JobResources, analysis_points, warning_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,8 +17,8 @@ def config(name="config.yaml", **hardware):
     return loaded
 
 
-def jobs(cfg, environ=None, width=576, subjects=6):
-    return JobResources(cfg, hidden_size=lambda model: width, generated_subjects=subjects, environ=environ or {})
+def jobs(cfg, width=576, subjects=6):
+    return JobResources(cfg, hidden_size=lambda model: width, generated_subjects=subjects)
 
 
 def test_kind_model_override_and_retry_growth():
@@ -44,18 +44,20 @@ def test_analysis_memory_is_at_least_one_layer():
     assert analysis_points(cfg, None) == MMLU_TEST_ROWS
 
 
-def test_slurm_partition_and_account_from_config_else_environment():
-    cfg = config(jobs={"default": {"gpus": 0, "cpus": 1, "mem_mb": 100, "runtime": 1},
-                       "extract": {"gpus": 1, "cpus": 1, "mem_mb": 100, "runtime": 1}})
-    none = jobs(cfg).resources("extract")
-    assert "slurm_partition" not in none and "slurm_account" not in none
-    environ = {"SLURM_GPU_PARTITION": "gpu", "SLURM_CPU_PARTITION": "cpu", "SLURM_ACCOUNT": "lab"}
-    placed = jobs(cfg, environ)
-    assert placed.resources("extract")["slurm_partition"](SimpleNamespace(model="m")) == "gpu"
-    assert placed.resources("sample")["slurm_partition"](SimpleNamespace()) == "cpu"
-    assert placed.resources("sample")["slurm_account"] == "lab"
-    cfg["slurm"]["account"] = "mine"
-    assert jobs(cfg, environ).resources("sample")["slurm_account"] == "mine"
+def test_every_job_is_one_node_and_training_is_warned_before_its_time_limit():
+    """Slurm's `--gpus=N` counts over the whole job, so every job asks for one node; the fine-tuning asks for SIGUSR1
+    a tenth of its runtime (1 to 10 minutes) before the limit, for each attempt's runtime."""
+    cfg = config(jobs={"default": {"gpus": 0, "cpus": 1, "mem_mb": 100, "runtime": 5},
+                       "finetune": {"gpus": 8, "cpus": 1, "mem_mb": 100, "runtime": 300}})
+    resources = jobs(cfg).resources("finetune")
+    assert resources["nodes"] == 1 and jobs(cfg).resources("sample")["nodes"] == 1
+    assert [resources["slurm_extra"](SimpleNamespace(model="m"), attempt) for attempt in (1, 2)] == \
+        ["--signal=USR1@600", "--signal=USR1@600"]
+    assert [warning_seconds(minutes) for minutes in (1, 10, 50, 100, 1000)] == [60, 60, 300, 600, 600]
+    assert "slurm_extra" not in jobs(cfg).resources("extract")
+    assert not {"slurm_partition", "slurm_account"} & set(resources), "the cluster's profile places jobs"
+    # The launcher's rank count is the map's GPUs, whatever resource a profile asks Slurm for them with.
+    assert jobs(cfg).gpus("finetune", "m") == 8
 
 
 def test_cross_section_errors_name_the_key():

@@ -8,6 +8,9 @@ point runs under `run_main` (or the `entry_point` decorator), which
   * lets any other exception propagate, so a bug (in repgeom, numpy, pandas, …) keeps its traceback in the log;
   * leaves argparse alone: a usage error still exits 2, argparse's convention.
 
+A run that stopped on a signal after saving what it did (`repgeom.finetune` on a Slurm time limit) exits 75
+(EX_TEMPFAIL): not an error, and the same command resumes it.
+
 Standard library only: the launcher and the lock module import it before torch is needed.
 """
 from __future__ import annotations
@@ -20,9 +23,10 @@ from typing import TypeVar
 
 from repgeom.logs import configure_logging
 
-__all__ = ["InputError", "entry_point", "report_input_error", "run_main"]
+__all__ = ["EXIT_INPUT_ERROR", "EXIT_STOPPED", "InputError", "entry_point", "report_input_error", "run_main"]
 
 EXIT_INPUT_ERROR = 1
+EXIT_STOPPED = 75
 
 
 class InputError(ValueError):

@@ -11,9 +11,14 @@ job's allocation: in a job step (as snakemake-executor-plugin-slurm runs each jo
 starts directly; in a batch script outside any step it is started through `srun --ntasks 1 --gpus N`, so the
 step holds the GPUs.
 
-N is `--gpus` when given (rules pass `{resources.gpu}`, the hardware map's count), else Slurm's
-SLURM_GPUS_ON_NODE, else the number of devices in CUDA_VISIBLE_DEVICES, else 0. When the job has a CPU count
-(SLURM_CPUS_PER_TASK or `--cpus`) and OMP_NUM_THREADS is unset, each rank gets an equal share of it.
+N is `--gpus` when given (rules pass the hardware map's count from their params, never `resources.gpu`, which a
+cluster's profile may replace by a `gres` string), else Slurm's SLURM_GPUS_ON_NODE, else the number of devices in
+CUDA_VISIBLE_DEVICES, else 0. When the job has a CPU count (SLURM_CPUS_PER_TASK or `--cpus`) and OMP_NUM_THREADS is
+unset, each rank gets an equal share of it.
+
+Every rank runs on the node the launcher runs on. A Slurm job of several GPUs that was given more than one node
+(submitted without `--nodes=1`: `--gpus=N` counts over the whole job), or fewer GPUs on this node than it starts
+ranks for, is refused with the job's id, name and node list, before any rank starts.
 """
 from __future__ import annotations
 
@@ -57,6 +62,24 @@ def gpu_count(requested: int | None, env: Mapping[str, str]) -> tuple[int, str]:
     if visible is not None:
         return visible, "CUDA_VISIBLE_DEVICES"
     return 0, "no GPU given"
+
+
+def check_one_node(gpus: int, env: Mapping[str, str]) -> None:
+    """Refuse, under Slurm, a multi-GPU job whose allocation spans several nodes or whose node holds fewer GPUs
+    than `gpus`: torchrun starts every rank here, so the GPUs on the other nodes would sit idle and the ranks
+    here would share this node's."""
+    if gpus <= 1 or not env.get("SLURM_JOB_ID"):
+        return
+    job = f"Slurm job {env['SLURM_JOB_ID']} ({env.get('SLURM_JOB_NAME', '?')})"
+    nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "?"
+    n_nodes = _int_or_none(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES"))
+    here = _int_or_none(env.get("SLURM_GPUS_ON_NODE"))
+    if n_nodes is not None and n_nodes > 1:
+        raise LaunchError(f"{job} runs {gpus} ranks on one node, but Slurm gave it {n_nodes} nodes ({nodes}), "
+                          f"with {here if here is not None else '?'} of its GPUs on this one: submit it with "
+                          "--nodes=1 (the `nodes` resource; profiles/slurm sets it for every job)")
+    if here is not None and here < gpus:
+        raise LaunchError(f"{job} runs {gpus} ranks, but its node ({nodes}) holds {here} of its GPUs")
 
 
 def in_slurm_allocation_outside_step(env: Mapping[str, str]) -> bool:
@@ -112,6 +135,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     gpus, source = gpu_count(args.gpus, os.environ)
+    check_one_node(gpus, os.environ)
     command, extra_env = build_command(args.command, gpus, os.environ, cpus=args.cpus)
     shown = " ".join(f"{k}={v}" for k, v in extra_env.items()) + (" " if extra_env else "") + shlex.join(command)
     if args.print:

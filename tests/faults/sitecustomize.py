@@ -1,4 +1,5 @@
-"""Test-only fault injection: a hard kill (SIGKILL, as by the OOM killer or a lost node) at a chosen point of a run.
+"""Test-only fault injection: a hard kill (SIGKILL, as by the OOM killer or a lost node) or another signal at a chosen
+point of a run, and slow training steps (for Slurm's time limits).
 
 Python imports `sitecustomize` at start-up from its path, so a process whose PYTHONPATH starts with this folder
 (`helpers.sigkill_after`), and every process it starts (torchrun's ranks), runs this module. For each variable below
@@ -8,6 +9,9 @@ nothing more):
   REPGEOM_TEST_SIGKILL_AFTER_CHUNKS=N   the extraction dies once it has written N row chunks (marked done);
   REPGEOM_TEST_SIGKILL_AFTER_STEPS=N    the fine-tuning dies once it has done N optimizer steps, with their log rows
                                         and checkpoints (every rank, as step N + 1 begins).
+  REPGEOM_TEST_SIGNAL=NAME              the signal sent instead of SIGKILL (USR1, TERM: the process carries on
+                                        with what it does on that signal);
+  REPGEOM_TEST_STEP_SECONDS=S           each optimizer step of the fine-tuning takes S seconds more.
 """
 import functools
 import importlib.abc
@@ -16,12 +20,14 @@ import inspect
 import os
 import signal
 import sys
+import time
 
 PREFIX = "REPGEOM_TEST_SIGKILL_AFTER_"
+SIGNAL = getattr(signal, "SIG" + os.environ.get("REPGEOM_TEST_SIGNAL", "KILL"))
 
 
 def die() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), SIGNAL)
 
 
 def after_chunks(module, count: int) -> None:
@@ -52,6 +58,18 @@ def after_steps(module, count: int) -> None:
         return take_step(*args, **kwargs)
 
     module.FinetuneJob._step = checked
+
+
+def slow_steps(module, seconds: float) -> None:
+    """`module` is repgeom.finetune.trainer."""
+    take_step = module.FinetuneJob._step
+
+    @functools.wraps(take_step)
+    def slowed(*args, **kwargs):
+        time.sleep(seconds)
+        return take_step(*args, **kwargs)
+
+    module.FinetuneJob._step = slowed
 
 
 # event -> (module, patch)
@@ -88,6 +106,10 @@ def install(environ) -> None:
             raise KeyError(f"{variable}: no such fault; known: {', '.join(PREFIX + e for e in PATCHES)}")
         name, patch = PATCHES[event]
         sys.meta_path.insert(0, PatchOnImport(name, functools.partial(patch, count=int(value))))
+    if environ.get("REPGEOM_TEST_STEP_SECONDS"):
+        seconds = float(environ["REPGEOM_TEST_STEP_SECONDS"])
+        sys.meta_path.insert(0, PatchOnImport("repgeom.finetune.trainer", functools.partial(slow_steps,
+                                                                                          seconds=seconds)))
 
 
 install(os.environ)

@@ -8,7 +8,7 @@ import signal
 
 import numpy as np
 import pytest
-from helpers import sigkill_after
+from helpers import signal_after, sigkill_after
 from safetensors.torch import load_file
 
 from repgeom.finetune import checkpoint_steps, parse_params
@@ -120,6 +120,40 @@ def test_resume_after_sigkill_equals_uninterrupted(reference, tiny_llama_dir, fi
     assert_same_adapters(adapters(out), adapters(reference["with_dropout"]))
     expected_log = read_log(reference["with_dropout"])
     assert [row["loss"] for row in read_log(out)] == [row["loss"] for row in expected_log]
+
+
+@pytest.mark.parametrize("name", ["USR1", "TERM"])
+def test_a_signal_saves_the_state_and_stops_and_the_same_command_resumes(reference, tiny_llama_dir, finetune_file,
+                                                                        tmp_path, cli, deepspeed_configs, name):
+    """Slurm's warning (USR1) or its time limit (TERM) as step 10 begins, between the checkpoints at steps 9 and 12:
+    the run finishes step 10, saves it, exits 75; the resumed run redoes no step and gives the same adapters."""
+    out = tmp_path / "out"
+    stopped = finetune(cli, tiny_llama_dir, finetune_file, out, WITH_DROPOUT, deepspeed_configs["zero2"],
+                       env_extra=signal_after(9, "steps", name))
+    assert stopped.returncode == 75, stopped.stderr
+    assert f"stopped by SIG{name} after step 10 of 12" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert json.loads((out / "train_state" / "resume.json").read_text())["step"] == 10
+    assert not (out / "checkpoints" / "step12").exists() and len(read_log(out)) == 10
+    resumed = finetune(cli, tiny_llama_dir, finetune_file, out, WITH_DROPOUT, deepspeed_configs["zero2"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after step 10" in resumed.stderr
+    assert_same_adapters(adapters(out), adapters(reference["with_dropout"]))
+    assert read_log(out) == [{**row, "step_time_s": got["step_time_s"]}
+                             for row, got in zip(read_log(reference["with_dropout"]), read_log(out))]
+
+
+def test_the_state_is_saved_every_state_every_minutes(reference, tiny_llama_dir, finetune_file, tmp_path, cli,
+                                                      deepspeed_configs):
+    """With the state saved at every step, a SIGKILL as step 11 begins loses nothing: the resume starts after step
+    10, where the checkpoints alone (9, 12) would redo step 10."""
+    out = tmp_path / "out"
+    killed = finetune(cli, tiny_llama_dir, finetune_file, out, WITH_DROPOUT, deepspeed_configs["zero2"],
+                      extra_args=["--state-every-minutes", "1e-6"], env_extra=sigkill_after(10, "steps"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert json.loads((out / "train_state" / "resume.json").read_text())["step"] == 10
+    resumed = finetune(cli, tiny_llama_dir, finetune_file, out, WITH_DROPOUT, deepspeed_configs["zero2"])
+    assert resumed.returncode == 0 and "resuming after step 10" in resumed.stderr, resumed.stderr
+    assert_same_adapters(adapters(out), adapters(reference["with_dropout"]))
 
 
 def test_rerun_after_completion_does_nothing(reference, tiny_llama_dir, finetune_file, deepspeed_configs, caplog):

@@ -208,14 +208,14 @@ def extraction_parallel(model):
     return config["models"][model].get("extraction_parallel", config["extraction"]["parallel"])
 
 
-def extraction_ranks(wildcards, resources):
-    """Processes the launcher starts: one per GPU, except a device map's single process."""
-    return 1 if extraction_parallel(wildcards.model) == "device_map" else resources.gpu
+def extraction_ranks(wildcards):
+    """Processes the launcher starts: one per GPU of the hardware map, except a device map's single process."""
+    return 1 if extraction_parallel(wildcards.model) == "device_map" else JOBS.gpus("extract", wildcards.model)
 
 
-def extraction_parallel_option(wildcards, resources):
+def extraction_parallel_option(wildcards):
     mode = extraction_parallel(wildcards.model)
-    if resources.gpu <= 1 or mode == "data":
+    if JOBS.gpus("extract", wildcards.model) <= 1 or mode == "data":
         return ""
     if mode == "device_map":
         return "--device-map auto"

@@ -8,15 +8,18 @@ rule finetune:
         # other settings (Snakemake re-runs the job when they change) is started over.
         f"{RESULTS}/finetune/{{model}}/{{method}}/checkpoints.json",
     params:
-        provenance=provenance("finetune", ['finetune', 'models.{model}'], ['finetune.methods.{method}.seed'], lambda wc: finetune_params(wc.method)),
+        provenance=provenance("finetune", ['finetune.size_class', 'finetune.deepspeed', 'finetune.model_dtype', 'finetune.methods.{method}', 'models.{model}'], ['finetune.methods.{method}.seed'], lambda wc: finetune_params(wc.method)),
         out=lambda wc: finetune_folder(wc.model, wc.method),
         model=lambda wc: model_spec(wc.model),
         params=lambda wc: as_json(finetune_params(wc.method)),
         deepspeed=lambda wc: config["finetune"]["deepspeed"],
         model_dtype=lambda wc: config["finetune"]["model_dtype"],
+        gpus=lambda wc: JOBS.gpus("finetune", wc.model),
     threads: job_threads("finetune")
     resources:
         **job_resources("finetune"),
+        # A resource, not a param: how often the run saves its state changes no result, so no re-run.
+        state_every_minutes=config["finetune"]["state_every_minutes"],
     log:
         f"{RESULTS}/logs/finetune/{{model}}/{{method}}.log",
     benchmark:
@@ -25,8 +28,8 @@ rule finetune:
         "../envs/torch.yaml"
     shell:
         f"{TRACKED} --extra-output-globs '{{params.out}}/checkpoints/*' -- "
-        "python -m repgeom.launch --gpus {resources.gpu} --cpus {threads} --"
+        "python -m repgeom.launch --gpus {params.gpus} --cpus {threads} --"
         " python -m repgeom.finetune --model {params.model:q} --train {input.train} --out {params.out}"
         " --params-json {params.params:q} --deepspeed {params.deepspeed:q} --model-dtype {params.model_dtype}"
-        " --restart-if-changed --wait-for-lock"
+        " --state-every-minutes {resources.state_every_minutes} --restart-if-changed --wait-for-lock"
         " > {log} 2>&1"

@@ -1,5 +1,4 @@
-# Resuming after a killed run. Slurm placement (partition, account) comes with each job's resources from
-# JobResources (src/repgeom/workflow/resources.py; profiles/slurm/README.md).
+# Resuming after a killed run.
 from snakemake.logging import logger
 
 from repgeom.workflow.resume import record_run, remove_stale_lock

@@ -3,7 +3,9 @@ the fine-tuning set, saving peft adapters at log-spaced steps and epoch ends.
 
 Launch as a single process, or as several ranks with `torchrun --nproc_per_node N -m repgeom.finetune ...`, the
 DeepSpeed launcher, or srun (SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID, with MASTER_ADDR/MASTER_PORT exported).
-Run the same command again to resume a killed run; after a complete run it does nothing.
+Run the same command again to resume a killed run; after a complete run it does nothing. On SIGUSR1 or SIGTERM (a
+Slurm time limit, its warning, a preemption) the run saves its state after the current step and exits with status
+75; the same command resumes it.
 """
 from __future__ import annotations
 
@@ -12,11 +14,21 @@ import json
 import sys
 from pathlib import Path
 
-from repgeom.errors import entry_point
+from repgeom.errors import EXIT_STOPPED, entry_point
 from repgeom.finetune.params import FinetuneError, parse_params
-from repgeom.finetune.trainer import FinetuneJob
+from repgeom.finetune.trainer import FinetuneJob, TrainingStopped
 from repgeom.models.loading import check_model_folder
 from repgeom.shipped import deepspeed_config_arg
+
+
+def _positive_minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected minutes > 0, got {text!r}")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--restart-if-changed", action="store_true",
                         help="if --out holds a run of different settings, delete it and start over (the workflow's "
                              "choice when a hyperparameter changed); by default that is an error")
+    parser.add_argument("--state-every-minutes", type=_positive_minutes, default=30.0,
+                        help="save the training state this often besides the adapter checkpoints (default 30)")
     # The DeepSpeed launcher passes --local_rank; the rank is read from the environment either way.
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -52,9 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     # A local --model folder must hold a config, a tokenizer and weights: say so (and what it holds) up front,
     # rather than as whichever transformers error the first loader happens to raise.
     check_model_folder(args.model)
-    FinetuneJob(model=args.model, train=Path(args.train), out=Path(args.out), params=params,
-                deepspeed_config=args.deepspeed, model_dtype=args.model_dtype, revision=args.revision,
-                restart_if_changed=args.restart_if_changed, wait_for_lock=args.wait_for_lock).run()
+    job = FinetuneJob(model=args.model, train=Path(args.train), out=Path(args.out), params=params,
+                      deepspeed_config=args.deepspeed, model_dtype=args.model_dtype, revision=args.revision,
+                      restart_if_changed=args.restart_if_changed, wait_for_lock=args.wait_for_lock,
+                      state_every_minutes=args.state_every_minutes)
+    try:
+        job.run()
+    except TrainingStopped as stopped:
+        print(f"repgeom.finetune: {stopped}", file=sys.stderr, flush=True)
+        return EXIT_STOPPED
     return 0
 
 

@@ -9,6 +9,11 @@ Output folder:
   checkpoints.json           {name: optimizer step} of every adapter, written last: the run is complete
   train_state/               while running: the latest DeepSpeed state, per-rank RNG states, resume.json
 
+Besides the adapter checkpoints, the training state is saved every `state_every_minutes`, and when the process gets
+SIGUSR1 (Slurm's warning before a time limit, which profiles/slurm asks for) or SIGTERM (the limit itself, a
+preemption, `scontrol requeue`): the ranks agree after each step, save, and stop with `TrainingStopped` (exit status
+75). Running the same command again resumes after the saved step, with nothing lost and nothing redone.
+
 While it runs, each rank holds an exclusive lock (`repgeom.locks`) on the file `.{folder}.lock.rank{r}` beside the
 output folder (beside, so that starting over can delete the folder without dropping the lock): a second run on the
 same folder, say one started while a killed workflow's job is still alive, stops at once naming that process.
@@ -21,9 +26,10 @@ import hashlib
 import json
 import logging
 import shutil
+import signal
 import time
 from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -46,6 +52,36 @@ log = logging.getLogger("repgeom.finetune")
 BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
 # Ranks meet at every step; one waiting for another's checkpoint write should not time out.
 PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=2)
+# Slurm's warning before a time limit, and the limit (or a preemption, a requeue, scancel) itself.
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+
+class TrainingStopped(Exception):
+    """The run saved its state after a step and stopped on a signal; the same command resumes it."""
+
+
+class StopRequests:
+    """While active, SIGUSR1 and SIGTERM are recorded instead of ending the process (main thread only; elsewhere,
+    as in a test's worker thread, the signals keep their handlers)."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def _record(self, signum, frame) -> None:
+        self.received = signum
+        log.warning("got %s: stopping after this step, once the state is saved", signal.Signals(signum).name)
+
+    def __enter__(self) -> "StopRequests":
+        try:
+            self._previous = {sig: signal.signal(sig, self._record) for sig in STOP_SIGNALS}
+        except ValueError:  # not the main thread
+            self._previous = {}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _find_auto(value, path: str = "") -> list[str]:
@@ -125,6 +161,8 @@ class FinetuneJob:
     revision: str | None = None
     restart_if_changed: bool = False
     wait_for_lock: bool = False   # wait for another process training into the folder, instead of stopping
+    state_every_minutes: float = 30.0
+    _stop: StopRequests = field(default_factory=StopRequests, init=False, repr=False)
 
     @property
     def state_dir(self) -> Path:
@@ -146,6 +184,7 @@ class FinetuneJob:
                                                info.world_size, wait=self.wait_for_lock))
             except LockedError as err:
                 raise FinetuneLocked(str(err)) from None
+            self._stop = stack.enter_context(StopRequests())
             self._run(info)
 
     def _run(self, info: RankInfo) -> None:
@@ -203,17 +242,35 @@ class FinetuneJob:
         self._trim_log(info, start)
         saves = checkpoint_steps(len(encoded), self.params)
         per_epoch = steps_per_epoch(len(encoded), self.params.effective_batch)
+        saved, saved_at = start, time.monotonic()
         for step in range(start + 1, n_steps + 1):  # 1-based: optimizer steps done once this one is
+            stop, due = self._agree_on_stop(device, saved_at)
+            if (stop or due) and step - 1 > saved:
+                self._save(engine, info, [], step - 1, run_config, zero3)
+                saved, saved_at = step - 1, time.monotonic()
+            if stop:
+                name = signal.Signals(stop).name
+                raise TrainingStopped(f"stopped by {name} after step {saved} of {n_steps}, its state saved in "
+                                      f"{self.state_dir}: run the same command to resume")
             record = {"step": step, "epoch": (step - 1) // per_epoch + 1,
                       **self._step(engine, info, device, encoded, pad_id, step - 1, ds_config)}
             self._log_step(info, record)
             names = [name for name, at in saves.items() if at == step]
             if names:
                 self._save(engine, info, names, step, run_config, zero3)
+                saved, saved_at = step, time.monotonic()
         if info.is_main:
             write_json(saves, self.out / "checkpoints.json")
             shutil.rmtree(self.state_dir, ignore_errors=True)  # only a killed run needs it
         dist.barrier()
+
+    def _agree_on_stop(self, device, saved_at: float) -> tuple[int, bool]:
+        """(the stop signal any rank got, or 0; whether any rank's state is `state_every_minutes` old): every rank
+        gets the same answer, so all of them save the same step and stop together."""
+        due = time.monotonic() - saved_at >= self.state_every_minutes * 60
+        flags = torch.tensor([self._stop.received or 0, int(due)], dtype=torch.int64, device=device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return int(flags[0]), bool(flags[1])
 
     def _engine(self, device, dtype, ds_config: dict, n_steps: int, zero3: bool):
         """The peft model in a DeepSpeed engine with AdamW (no weight decay) and the warm-up + cosine schedule."""
@@ -271,7 +328,8 @@ class FinetuneJob:
         return record
 
     def _save(self, engine, info: RankInfo, names: list[str], step: int, run_config: dict, zero3: bool) -> None:
-        """The adapter under each name, then the training state that resumes from this step."""
+        """The adapter under each name (none: the state only), then the training state that resumes from this
+        step."""
         import deepspeed
 
         trainable = [p for p in engine.module.parameters() if p.requires_grad]
@@ -292,7 +350,7 @@ class FinetuneJob:
             for old in self.state_dir.iterdir():
                 if old.is_dir() and old.name != tag:
                     shutil.rmtree(old)
-            log.info("step %d: saved %s", step, ", ".join(names))
+            log.info("step %d: saved %s", step, ", ".join(names + ["the training state"]))
         dist.barrier()
 
     def _write_adapter(self, model, info: RankInfo, name: str) -> None:

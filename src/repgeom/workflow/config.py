@@ -16,6 +16,11 @@ def config_errors(config: dict, schema_path: str | Path) -> list[str]:
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator = jsonschema.Draft202012Validator(schema)
     lines = []
+    if "slurm" in config:
+        # Where jobs go belongs to the cluster, not to the experiment.
+        lines.append("slurm: account and partitions are set in profiles/slurm (SLURM_ACCOUNT, partitions.yaml), "
+                     "not in the config; remove this section")
+        config = {key: value for key, value in config.items() if key != "slurm"}
     for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
         if error.validator == "oneOf" and all("required" in o for o in error.validator_value):
             options = " / ".join(o["required"][0] for o in error.validator_value)

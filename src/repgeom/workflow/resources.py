@@ -1,12 +1,15 @@
-"""Each job's threads, GPUs, memory, runtime and Slurm placement, from the config's `hardware` and `slurm` sections.
+"""Each job's threads, GPUs, memory, runtime and node count, from the config's `hardware` map.
 
 The hardware map gives each job kind (with per-model overrides) its GPUs, CPUs, memory and runtime; memory and
 runtime grow by `retry_growth` on each retry, so a job killed for memory or time asks for more on its next attempt.
 An analysis job asks at least for what one layer needs, sized from the number of prompts, the width and `maxk`.
+
+Where jobs go on a cluster (account, partitions) belongs to the cluster, not to the experiment: profiles/slurm sets
+it. What a job needs stays here: every job runs on one node (`nodes: 1`; the launcher starts all ranks there), and
+a fine-tuning job asks Slurm for SIGUSR1 some minutes before its time limit, when it saves its state and stops.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 
 from repgeom.analysis.params import layer_memory_mb
@@ -14,14 +17,14 @@ from repgeom.analysis.params import layer_memory_mb
 # The full MMLU release: what the analysis subset can at most hold when the data is not read yet.
 MMLU_SUBJECTS, MMLU_TEST_ROWS = 57, 14042
 
-# `slurm.<key>` in the config, else this environment variable, else the cluster's default.
-SLURM_ENVIRONMENT = {"account": "SLURM_ACCOUNT", "gpu_partition": "SLURM_GPU_PARTITION",
-                     "cpu_partition": "SLURM_CPU_PARTITION"}
+# Job kinds that save their state and stop when Slurm warns them of their time limit (repgeom.finetune).
+WARNED_KINDS = ("finetune",)
 
 
-def slurm_setting(config: Mapping, key: str, environ: Mapping[str, str] = os.environ) -> str:
-    value = (config.get("slurm") or {}).get(key) or environ.get(SLURM_ENVIRONMENT[key], "")
-    return str(value).strip()
+def warning_seconds(runtime_minutes: int) -> int:
+    """How long before its time limit a job is warned: a tenth of its runtime, between 1 and 10 minutes (Slurm may
+    send the signal up to a minute early; saving a 70B run's LoRA and optimizer state takes a minute or two)."""
+    return int(min(max(runtime_minutes * 6, 60), 600))
 
 
 def analysis_points(config: Mapping, generated_subjects: int | None) -> int:
@@ -43,12 +46,11 @@ class JobResources:
     a generated dataset: together they size the analysis jobs' memory."""
 
     def __init__(self, config: Mapping, hidden_size: Callable[[str], int | None],
-                 generated_subjects: int | None = None, environ: Mapping[str, str] = os.environ):
+                 generated_subjects: int | None = None):
         self.config = config
         self.hardware = config["hardware"]
         self.hidden_size = hidden_size
         self.generated_subjects = generated_subjects
-        self.slurm = {key: slurm_setting(config, key, environ) for key in SLURM_ENVIRONMENT}
 
     def spec(self, kind: str, model: str | None = None) -> dict:
         """The hardware map's entry for a job kind, overridden per model where the config says so."""
@@ -71,24 +73,26 @@ class JobResources:
             value = max(value, self.analysis_memory_mb(model))
         return int(value * self.hardware["retry_growth"] ** (attempt - 1))
 
-    def partition(self, kind: str, model: str | None) -> str:
-        """GPU jobs go to the GPU partition, the others to the CPU partition ("" lets Slurm pick its default)."""
-        return self.slurm["gpu_partition"] if self.spec(kind, model)["gpus"] > 0 else self.slurm["cpu_partition"]
+    def gpus(self, kind: str, model: str | None) -> int:
+        """The GPUs a job kind is mapped to: the ranks its launcher starts (a rule's params, so that a cluster's
+        profile may ask for the GPUs another way, as a `gres` string, without changing how many ranks start)."""
+        return self.spec(kind, model)["gpus"]
 
     def resources(self, kind: str) -> dict:
         """A rule's `resources`: callables of the wildcards (and attempt), never literals in the rules."""
         model = lambda wildcards: getattr(wildcards, "model", None)  # noqa: E731
         resources = {
-            "gpu": lambda wildcards: self.spec(kind, model(wildcards))["gpus"],
+            "gpu": lambda wildcards: self.gpus(kind, model(wildcards)),
             "cpus_per_task": lambda wildcards: self.spec(kind, model(wildcards))["cpus"],
             "mem_mb": lambda wildcards, attempt: self.amount(kind, "mem_mb", model(wildcards), attempt),
             "runtime": lambda wildcards, attempt: self.amount(kind, "runtime", model(wildcards), attempt),
+            # Slurm's `--gpus=N` counts over the whole job: without one node, N GPUs may come from several.
+            "nodes": 1,
         }
-        # Read by snakemake-executor-plugin-slurm only; other executors ignore them.
-        if self.slurm["gpu_partition"] or self.slurm["cpu_partition"]:
-            resources["slurm_partition"] = lambda wildcards: self.partition(kind, model(wildcards))
-        if self.slurm["account"]:
-            resources["slurm_account"] = self.slurm["account"]
+        if kind in WARNED_KINDS:
+            # Read by snakemake-executor-plugin-slurm only (sbatch's own option); other executors ignore it.
+            resources["slurm_extra"] = lambda wildcards, attempt: (
+                f"--signal=USR1@{warning_seconds(self.amount(kind, 'runtime', model(wildcards), attempt))}")
         return resources
 
     def threads(self, kind: str) -> Callable:
