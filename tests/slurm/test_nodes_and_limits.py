@@ -5,7 +5,6 @@ compared with an uninterrupted run of the same workflow on this machine."""
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import RANK_SCRIPT, faults_path
-from slurm_jobs import (ROOT, clean_env, finish, run, run_id, scontrol_job, shrunk_config, snakemake_command, squeue,
+from slurm_jobs import (ROOT, clean_env, finish, minutes, run, run_id, scontrol_job, shrunk_config, snakemake_command, squeue,
                         start, wait_for_run_id, wait_for_slurm_job, write_config)
 
 pytestmark = pytest.mark.slow
@@ -29,7 +28,6 @@ rule ranks:
 MODEL, METHOD = "tiny-llama", "lora"
 ADAPTERS = f"results/finetune/{MODEL}/{METHOD}"
 TRAINING_TARGET = f"{ADAPTERS}/checkpoints.json"
-TRAINING_LOG = f"results/logs/finetune/{MODEL}/{METHOD}.log"
 # Seconds each optimizer step is slowed by (tests/faults), so that the training outlasts its first time limit.
 STEP_SECONDS = "4"
 
@@ -89,22 +87,20 @@ def training_config(runtime: int) -> dict:
     return config
 
 
-def attempts(log_text: str) -> list[dict]:
-    """Each attempt of the training job, from its log (appended to by every attempt): the step it resumed after,
-    the steps it did, and the step it stopped after on a signal (with the signal)."""
-    found = []
-    for part in re.split(r"(?=rank 0/1: )", log_text)[1:]:
-        resumed = re.search(r"resuming after step (\d+)", part)
-        stopped = re.search(r"stopped by (SIG\w+) after step (\d+)", part)
-        found.append({"resumed": int(resumed.group(1)) if resumed else 0,
-                      "steps": [int(s) for s in re.findall(r"step (\d+): loss", part)],
-                      "stopped": (stopped.group(1), int(stopped.group(2))) if stopped else None})
-    return found
+def attempts(workdir: Path) -> list[dict]:
+    """What each process of the training did (repgeom.finetune's attempts.jsonl)."""
+    return [json.loads(line) for line in (workdir / ADAPTERS / "attempts.jsonl").read_text().splitlines()]
+
+
+def steps_redone(runs: list[dict]) -> int:
+    return sum(run["last_step"] - run["resumed_after"] for run in runs) - runs[-1]["last_step"]
 
 
 def adapter_bytes(workdir: Path) -> dict[str, bytes]:
     folder = workdir / ADAPTERS / "checkpoints"
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """The adapters, not their provenance records (which name the run's folder and times)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.endswith(".prov.json")}
 
 
 @pytest.fixture(scope="module")
@@ -117,9 +113,9 @@ def training_runs(cluster, tmp_path_factory):
     requeued = write_config(base / "requeued", training_config(runtime=30))
     slow = clean_env(**faults_path(), REPGEOM_TEST_STEP_SECONDS=STEP_SECONDS)
     processes = {
-        "reference": start([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--cores", "1",
-                            "--directory", str(reference), "--configfile", str(reference / "config.yaml"),
-                            TRAINING_TARGET], base / "reference.log"),
+        "reference": start([sys.executable, "-m", "snakemake", TRAINING_TARGET, "--snakefile", str(ROOT / "Snakefile"),
+                            "--cores", "1", "--directory", str(reference), "--configfile",
+                            str(reference / "config.yaml")], base / "reference.log"),
         "limited": start(snakemake_command(limited, TRAINING_TARGET), base / "limited.log", env=slow),
         "requeued": start(snakemake_command(requeued, "--slurm-requeue", TRAINING_TARGET), base / "requeued.log",
                           env=slow),
@@ -140,20 +136,18 @@ def training_runs(cluster, tmp_path_factory):
 def test_training_stopped_by_its_time_limit_resumes_in_its_retry(training_runs):
     code, log = training_runs["outcome"]["limited"]
     assert code == 0, log[-5000:]
-    runs = attempts((training_runs["limited"] / TRAINING_LOG).read_text())
-    assert len(runs) >= 2, runs
-    n_steps = max(runs[-1]["steps"])
+    runs = attempts(training_runs["limited"])
     # Each attempt but the last was stopped by Slurm (its warning, SIGUSR1, or the limit, SIGTERM) after a step it
     # saved, and the next one resumed after that very step: no step was done twice.
-    for before, after in zip(runs, runs[1:]):
-        assert before["stopped"] is not None and before["stopped"][0] in ("SIGUSR1", "SIGTERM"), runs
-        assert after["resumed"] == before["stopped"][1] == max(before["steps"]), runs
-    assert sorted(step for attempt in runs for step in attempt["steps"]) == list(range(1, n_steps + 1)), runs
-    print(f"time limit: {len(runs)} attempts, stopped after steps {[r['stopped'] for r in runs[:-1]]}, "
-          f"0 of {n_steps} steps redone")
-    # The retries asked for more time: retry_growth x the runtime.
-    limits = re.findall(r"sbatch call: [^\n]*rule_finetune[^\n]* -t '?(\d+)", log)
-    assert [int(x) for x in limits][:2] == [2, 3], limits
+    assert len(runs) >= 2 and runs[-1]["stopped_by"] is None, runs
+    assert all(run["stopped_by"] in ("SIGUSR1", "SIGTERM") for run in runs[:-1]), runs
+    assert [run["resumed_after"] for run in runs] == [0] + [run["last_step"] for run in runs[:-1]], runs
+    assert steps_redone(runs) == 0
+    print(f"time limit: attempts {runs}")
+    # The retry asked for more time: retry_growth x the runtime.
+    limits = sorted((int(job_id), minutes(scontrol_job(job_id)["TimeLimit"]))
+                    for job_id, _, comment in squeue(run_id(log)) if comment.startswith("rule_finetune"))
+    assert [limit for _, limit in limits] == [2, 3][:len(runs)] + [4] * (len(runs) - 2), limits
     assert adapter_bytes(training_runs["limited"]) == adapter_bytes(training_runs["reference"])
 
 
@@ -161,10 +155,9 @@ def test_a_requeued_training_job_resumes(training_runs):
     code, log = training_runs["outcome"]["requeued"]
     assert code == 0, log[-5000:]
     assert "--requeue" in log
-    runs = attempts((training_runs["requeued"] / TRAINING_LOG).read_text())
-    assert len(runs) == 2, runs
-    first, second = runs
-    assert first["stopped"] == ("SIGTERM", max(first["steps"])) and second["resumed"] == max(first["steps"]) >= 3
+    runs = attempts(training_runs["requeued"])
+    print(f"requeue: attempts {runs}")
+    assert len(runs) == 2 and runs[0]["stopped_by"] == "SIGTERM" and runs[0]["last_step"] >= 3, runs
+    assert runs[1]["resumed_after"] == runs[0]["last_step"] and steps_redone(runs) == 0, runs
     assert scontrol_job(training_runs["requeued_job"])["Restarts"] == "1"
     assert adapter_bytes(training_runs["requeued"]) == adapter_bytes(training_runs["reference"])
-    assert json.loads((training_runs["requeued"] / TRAINING_TARGET).read_text())

@@ -26,11 +26,10 @@ rule finetune:
         f"{RESULTS}/benchmarks/finetune/{{model}}/{{method}}.tsv"
     conda:
         "../envs/torch.yaml"
-    # The log is appended to: a run stopped by its time limit and resumed by its retry keeps each attempt's account.
     shell:
         f"{TRACKED} --extra-output-globs '{{params.out}}/checkpoints/*' -- "
         "python -m repgeom.launch --gpus {params.gpus} --cpus {threads} --"
         " python -m repgeom.finetune --model {params.model:q} --train {input.train} --out {params.out}"
         " --params-json {params.params:q} --deepspeed {params.deepspeed:q} --model-dtype {params.model_dtype}"
         " --state-every-minutes {resources.state_every_minutes} --restart-if-changed --wait-for-lock"
-        " >> {log} 2>&1"
+        " > {log} 2>&1"

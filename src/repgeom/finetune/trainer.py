@@ -6,6 +6,8 @@ Output folder:
   train_config.json          what the run is (params, model, data hash, ranks, DeepSpeed config) and its sha256
   train_log.csv              one row per optimizer step: loss, learning rate, rows, tokens, seconds
   checkpoints/{name}/        peft adapters (save_pretrained), name = step{N} | epoch{E}
+  attempts.jsonl             one line per process that trained and ended by itself: the step it resumed after,
+                             its last step, and the signal that stopped it (null: it finished the run)
   checkpoints.json           {name: optimizer step} of every adapter, written last: the run is complete
   train_state/               while running: the latest DeepSpeed state, per-rank RNG states, resume.json
 
@@ -250,6 +252,7 @@ class FinetuneJob:
                 saved, saved_at = step - 1, time.monotonic()
             if stop:
                 name = signal.Signals(stop).name
+                self._record_attempt(info, start, saved, name)
                 raise TrainingStopped(f"stopped by {name} after step {saved} of {n_steps}, its state saved in "
                                       f"{self.state_dir}: run the same command to resume")
             record = {"step": step, "epoch": (step - 1) // per_epoch + 1,
@@ -259,10 +262,18 @@ class FinetuneJob:
             if names:
                 self._save(engine, info, names, step, run_config, zero3)
                 saved, saved_at = step, time.monotonic()
+        self._record_attempt(info, start, n_steps, None)
         if info.is_main:
             write_json(saves, self.out / "checkpoints.json")
             shutil.rmtree(self.state_dir, ignore_errors=True)  # only a killed run needs it
         dist.barrier()
+
+    def _record_attempt(self, info: RankInfo, resumed_after: int, last_step: int, stopped_by: str | None) -> None:
+        """A line of attempts.jsonl: what this process trained (a Slurm job's retries and requeues, each its own)."""
+        if info.is_main:
+            with open(self.out / "attempts.jsonl", "a") as handle:
+                handle.write(json.dumps({"resumed_after": resumed_after, "last_step": last_step,
+                                         "stopped_by": stopped_by}) + "\n")
 
     def _agree_on_stop(self, device, saved_at: float) -> tuple[int, bool]:
         """(the stop signal any rank got, or 0; whether any rank's state is `state_every_minutes` old): every rank

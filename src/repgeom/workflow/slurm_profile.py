@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 # A query that any accounting-enabled cluster answers at once: this user's jobs of the last minute.
 SACCT_PROBE = ["sacct", "--noheader", "--allocations", "--format=JobIdRaw", "--starttime", "now-60", "--endtime", "now"]
