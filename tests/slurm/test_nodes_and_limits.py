@@ -97,8 +97,8 @@ def steps_redone(runs: list[dict]) -> int:
 
 
 def adapter_bytes(workdir: Path) -> dict[str, bytes]:
-    folder = workdir / ADAPTERS / "checkpoints"
     """The adapters, not their provenance records (which name the run's folder and times)."""
+    folder = workdir / ADAPTERS / "checkpoints"
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
             if p.is_file() and not p.name.endswith(".prov.json")}
 
