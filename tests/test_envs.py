@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
@@ -168,29 +169,46 @@ def test_the_slurm_plugin_has_what_it_declares_but_numpy():
         assert metadata.version(requirement.name) in requirement.specifier, requirement
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("path", ENVS, ids=lambda p: p.stem)
-def test_each_environment_runs_its_rules_entry_points(path, tmp_path):
-    """The environment's pip part and its post-deploy script in a fresh venv (no system site-packages), then the
-    `--help` of every entry point its rules run: a module its rules import but the environment lacks fails here."""
-    venv = tmp_path / "env"
+def build_environment(path: Path, folder: Path) -> tuple[dict[str, str], list[str]]:
+    """A fresh venv (no system site-packages) with the environment's pip part and its post-deploy script; its
+    environment variables, and the problems met (failed commands)."""
+    folder.mkdir()
+    venv = folder / "env"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     env = {**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", "VIRTUAL_ENV": str(venv)}
     env.pop("PYTHONPATH", None)
-    requirements = tmp_path / "requirements.txt"
+    requirements = folder / "requirements.txt"
     requirements.write_text("\n".join(pip_section(load(path))) + "\n")
+    for command in ([str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r",
+                     str(requirements)], ["bash", str(path.with_name(f"{path.stem}.post-deploy.sh"))]):
+        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=folder, timeout=1500)
+        if result.returncode:
+            return env, [f"{' '.join(command)}:\n{result.stdout[-2000:]}{result.stderr[-3000:]}"]
+    return env, []
 
-    def run(*command):
-        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1200)
-        assert result.returncode == 0, f"{' '.join(map(str, command))}:\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
-        return result
 
-    python = str(venv / "bin/python")
-    run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", str(requirements))
-    run("bash", str(path.with_name(f"{path.stem}.post-deploy.sh")))
+@pytest.fixture(scope="module")
+def built_environments(tmp_path_factory):
+    """Every environment built at once (pip waits on disk as much as on the CPU)."""
+    base = tmp_path_factory.mktemp("envs")
+    with ThreadPoolExecutor(len(ENVS)) as pool:
+        futures = {path: pool.submit(build_environment, path, base / path.stem) for path in ENVS}
+    return {path: future.result() for path, future in futures.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ENVS, ids=lambda p: p.stem)
+def test_each_environment_runs_its_rules_entry_points(path, built_environments):
+    """The `--help` of every entry point the environment's rules run, in the environment built from its file alone:
+    a module its rules import but the environment lacks fails here."""
+    env, problems = built_environments[path]
+    assert not problems, problems[0]
+    python = str(Path(env["VIRTUAL_ENV"]) / "bin/python")
     modules = sorted({m for env_file, ms in rule_commands().values() if Path(env_file) == path.resolve() for m in ms})
     assert modules
     for module in modules:
-        run(python, "-m", module, "--help")
-    located = run(python, "-c", "import repgeom; print(repgeom.__file__)").stdout.strip()
+        result = subprocess.run([python, "-m", module, "--help"], capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 0, f"{path.name}: python -m {module} --help:\n{result.stderr[-3000:]}"
+    located = subprocess.run([python, "-c", "import repgeom; print(repgeom.__file__)"], capture_output=True,
+                             text=True, env=env, check=True).stdout.strip()
     assert Path(located).is_relative_to(ROOT / "src"), located

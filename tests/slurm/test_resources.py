@@ -264,3 +264,17 @@ def test_analysis_memory_is_sized_from_n_d_and_maxk(tmp_path):
     expected = layer_memory_mb(n_points, 8192, config["analysis"]["params"])
     assert expected > config["hardware"]["jobs"]["analyze"]["mem_mb"]
     assert analysis and {j["resources"]["mem_mb"] for j in analysis} == {expected}
+
+
+def test_gpus_asked_as_gres_leave_the_ranks_to_the_hardware_map(tmp_path):
+    """A GRES-only cluster's profile sets `gpu: 0, gres: ...` per rule (profiles/slurm/README.md): the sbatch line
+    changes, while the launcher still starts the hardware map's 8 ranks."""
+    environment = snakemake_env({k: v for k, v in os.environ.items() if not k.startswith("SLURM_")})
+    result = run_snakemake("--dry-run", "--printshellcmds", "--cores", "1", "--configfile", str(PAPER_70B),
+                           "--set-resources", "finetune:gpu=0", "finetune:gres='gpu:a100:8'", workdir=tmp_path,
+                           env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = result.stdout + result.stderr
+    (finetune,) = re.findall(r"rule finetune:\n(.*?)\n\n", text, re.S)
+    assert "gpu=0" in finetune and "gres=gpu:a100:8" in finetune, finetune
+    assert "python -m repgeom.launch --gpus 8 " in finetune, finetune
