@@ -34,7 +34,7 @@ def device():
 
 
 @pytest.fixture(scope="session")
-def tier_model_dir(tmp_path_factory, tiny_tokenizer, device):
+def tier_model_dir(device, tmp_path_factory, tiny_tokenizer):
     """A random Llama built from a config, saved with save_pretrained: on the GPU wide enough for bf16 to matter
     (8 blocks of width 512, grouped-query attention), in the dry run the tests' tiny one (2 blocks of width 64)."""
     from repgeom.models.build import build_llama, save_model
