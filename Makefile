@@ -1,6 +1,7 @@
 # Two commands set up a fresh machine (see README):
 #   make run    install into .venv and run the workflow on config/config.yaml (CONFIG=… for another)
 #   make test   install the test extras into .venv and run the tests
+#   make gpu-kit  the wheels a lent GPU machine lacks, into .gpu-kit (docs/gpu.md)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CORES ?= all
@@ -8,7 +9,9 @@ CONFIG ?= config/config.yaml
 SNAKEMAKE_ARGS ?=
 SLURM_PLUGIN := 2.8.0
 
-.PHONY: run test install install-test clean
+KIT ?= .gpu-kit
+
+.PHONY: run test install install-test clean gpu-kit
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -35,6 +38,10 @@ run: install
 
 test: install-test
 	. $(VENV)/bin/activate && pytest $(PYTEST_ARGS)
+
+# Versions as this environment has them; deepspeed built without ops, dadapy as its source (built on the machine).
+gpu-kit: $(VENV)/.installed
+	PY=$(PY) KIT=$(KIT) bash benchmarks/gpu_kit.sh
 
 clean:
 	rm -rf results .snakemake

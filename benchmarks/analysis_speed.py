@@ -2,6 +2,7 @@
 
   python benchmarks/analysis_speed.py                     # N = 10,000, D = 4096 (docs/design.md §11)
   python benchmarks/analysis_speed.py --n 4000 --d 1024   # a few minutes on 2 cores
+  python benchmarks/analysis_speed.py --n 9181 --threads 16 --no-project-cpu --small-n 0   # benchmarks/gpu_check.sh
 
 Counted per condition and layer, as the workflow runs them:
 (a) reference: `Data(X)`, `compute_distances(maxk)` (sklearn brute force), Gride, TwoNN, kNN density,
@@ -11,7 +12,7 @@ Counted per condition and layer, as the workflow runs them:
     linear probes, which the reference path does not have) and the overlap as the `overlap` command computes
     it: from the neighbours X's analysis kept and those Y's own analysis kept (Y's are computed outside the
     timing: they belong to Y's condition and layer).
-(c) the same on the GPU, when there is one.
+(c) the same on the GPU, when there is one (`--gpu-device cpu` runs this arm on the CPU: the check's dry run).
 Results must agree: every metric of (b) and (c) equal to (a)'s (IDs to 1e-6 relative, since the distances may
 differ from sklearn's in the last bits; the rest exactly).
 
@@ -181,6 +182,8 @@ def main() -> None:
     parser.add_argument("--small-n", type=int, default=600, help="points of the default-scale layer")
     parser.add_argument("--small-d", type=int, default=576, help="width of the default-scale layer")
     parser.add_argument("--no-gpu", action="store_true", help="skip (c) even when a GPU is present")
+    parser.add_argument("--gpu-device", default="cuda", help="device of (c) (default cuda; cpu: the dry run)")
+    parser.add_argument("--no-project-cpu", action="store_true", help="skip (b), this project on the CPU")
     parser.add_argument("--out", default="benchmarks/results/analysis_speed.json")
     args = parser.parse_args()
     keep_freed_memory()  # as the analysis entry point does (both paths profit from it)
@@ -188,40 +191,42 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     p = AnalysisParams(maxk=args.maxk)
     X, Y, labels = synthetic_layer(args.n, args.d, args.subjects, args.seed)
-    devices = {"b_project_cpu": "cpu"}
-    if torch.cuda.is_available() and not args.no_gpu:
-        devices["c_project_gpu"] = "cuda"
+    devices = {} if args.no_project_cpu else {"b_project_cpu": "cpu"}
+    if not args.no_gpu and (args.gpu_device != "cuda" or torch.cuda.is_available()):
+        devices["c_project_gpu"] = args.gpu_device
     runs, gram, knn_seconds = {}, {}, {}
     with threadpool_limits(limits=args.threads):
         y_neighbors = layer_neighbors(Y, p.kept_neighbors)  # what Y's own analysis keeps (outside the timing)
         paths = {"a_dadapy_reference": lambda: reference_path(X, Y, labels, p)}
         for name, device in devices.items():
-            if device == "cuda":
-                project_path(X[:2000], labels[:2000], layer_neighbors(Y[:2000], p.kept_neighbors), p, device)  # warm-up
+            if name == "c_project_gpu":  # warm-up: kernels, cuBLAS handles
+                warm = min(2000, args.n)
+                project_path(X[:warm], labels[:warm], layer_neighbors(Y[:warm], p.kept_neighbors), p, device)
             paths[name] = lambda device=device: project_path(X, labels, y_neighbors, p, device)
         # Interleaved repeats, fastest kept: other jobs on a shared machine only ever add time.
         for _ in range(args.repeats):
             for name, path in paths.items():
                 if name in devices:
-                    libraries = ("numpy", "torch") if devices[name] == "cpu" else ("torch",)
+                    libraries = ("numpy", "torch") if name == "b_project_cpu" else ("torch",)
                     gram[name] = {library: min(gram.get(name, {}).get(library, np.inf),
                                                gram_seconds(X, Y, library, devices[name])) for library in libraries}
                 result = path()
                 knn_seconds[name] = min(knn_seconds.get(name, np.inf), result[1]["knn"])
                 if name not in runs or sum(result[1].values()) < sum(runs[name][1].values()):
                     runs[name] = result
-        small = small_layer(args.small_n, args.small_d, max(5, 5 * args.repeats), args.seed)
+        small = small_layer(args.small_n, args.small_d, max(5, 5 * args.repeats), args.seed) if args.small_n else None
 
     ref, ref_t = runs["a_dadapy_reference"]
     report = {"n": args.n, "d": args.d, "maxk": args.maxk, "threads": args.threads, "subjects": args.subjects,
               "repeats": args.repeats,
               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "gpu": torch.cuda.get_device_name() if "c_project_gpu" in runs else None},
+                          "gpu": torch.cuda.get_device_name() if devices.get("c_project_gpu") == "cuda" else None,
+                          "gpu_device": devices.get("c_project_gpu")},
               "reference_results": {k: np.asarray(v).tolist() for k, v in ref.items()}, "runs": {},
               "small_layer": small}
     a_shared = sum(ref_t.values())
     print(f"N={args.n} D={args.d} maxk={args.maxk} threads={args.threads} (fastest of {args.repeats})")
-    stages = list(dict.fromkeys([*ref_t, *runs["b_project_cpu"][1]]))
+    stages = list(dict.fromkeys([*ref_t, *(stage for _, t in runs.values() for stage in t)]))
     print(f"{'stage':<15}" + "".join(f"{name:>22}" for name in runs))
     for stage in stages:
         print(f"{stage:<15}" + "".join(f"{runs[name][1].get(stage, float('nan')):>21.2f}s" for name in runs))
@@ -241,14 +246,15 @@ def main() -> None:
         for library, seconds in gram.get(name, {}).items():
             rate = gram_flop / seconds / 1e9
             entry[f"float32_gram_{library}"] = {"s": seconds, "gflops": rate, "knn_s": knn, "knn_over_gram": knn / seconds}
-            whose = " (the kNN's BLAS on the CPU)" if library == "numpy" and devices[name] == "cpu" else ""
+            whose = " (the kNN's BLAS on the CPU)" if library == "numpy" else ""
             print(f"  {library}{whose} float32 matmul: a Gram matrix's work (2 N^2 D = {gram_flop:.2g} FLOP) in "
                   f"{seconds:.2f} s = {rate:.0f} GFLOP/s; the kNN (fastest {knn:.2f} s) takes {knn / seconds:.2f} "
                   f"of them ({100 * seconds / knn:.0f}% of that rate)")
         report["runs"][name] = entry
-    print(f"small layer N={small['n']} D={small['d']} ({small['params']} parameters): {small['layer_s']:.3f} s per "
-          "layer, all metrics (" + ", ".join(f"{k} {v:.3f}" for k, v in small["stages_s"].items())
-          + f"); process start-up {small['process_start_s']:.2f} s, once per job")
+    if small:
+        print(f"small layer N={small['n']} D={small['d']} ({small['params']} parameters): {small['layer_s']:.3f} s per "
+              "layer, all metrics (" + ", ".join(f"{k} {v:.3f}" for k, v in small["stages_s"].items())
+              + f"); process start-up {small['process_start_s']:.2f} s, once per job")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=float) + "\n")

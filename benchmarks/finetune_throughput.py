@@ -5,12 +5,15 @@ clipping; 5% warm-up then cosine to 1%; effective batch 16), in one run.
 
   python benchmarks/finetune_throughput.py             # GPU: random Llama-3-8B shape, 4 layers, bf16; CPU: a small Llama
   python benchmarks/finetune_throughput.py --rows 128  # quicker
+  python benchmarks/finetune_throughput.py --arms stage --layers 32 --compare-timer   # as benchmarks/gpu_check.sh
 
 Each arm runs in a process of its own (one rank), so that each has a fresh DeepSpeed process group and its own peak
 memory. Reported per arm: training tokens/s (the real, unpadded tokens of every batch over the training loop's time,
 from its first step to its last, with no checkpoint saving in the HF arm and the stage's adapter saves left out), the
-rank's peak memory (GPU: most memory allocated; CPU: peak resident set), and the last step's loss. The models are
-built from a config: nothing is downloaded. Writes benchmarks/results/finetune_throughput.json.
+rank's peak memory (GPU: most memory allocated; CPU: peak resident set), the median step time, and the last step's
+loss. The models are built from a config: nothing is downloaded. `--arms stage` runs the stage alone (the HF arm needs
+`datasets`); `--compare-timer` runs the stage again with DeepSpeed's throughput timer on (it synchronises the device
+at every forward and step; the shipped configs turn it off). Writes benchmarks/results/finetune_throughput.json.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import argparse
 import csv
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,6 +37,9 @@ LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, n
                  num_key_value_heads=8, max_position_embeddings=8192, rope_theta=500000.0, tie_word_embeddings=False)
 SMALL_LLAMA = dict(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_attention_heads=8,
                    num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=False)
+TINY_LLAMA = dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=2048, tie_word_embeddings=False)  # the CPU dry run of gpu_check.sh
+SHAPES = {"8b": LLAMA3_8B, "small": SMALL_LLAMA, "tiny": TINY_LLAMA}
 WORDS = ("cell membrane energy protein gene theory market price law court river mountain number prime field "
          "group ring algebra vector matrix temple ritual scripture empire treaty voltage current force mass").split()
 
@@ -51,8 +58,9 @@ def question_rows(n: int, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def build_inputs(workdir: Path, rows: int, layers: int, on_gpu: bool) -> None:
-    """A tokenizer trained on the rows, a random Llama (saved with save_pretrained), and the fine-tuning set."""
+def build_inputs(workdir: Path, rows: int, layers: int, on_gpu: bool, shape: str | None = None) -> None:
+    """A tokenizer trained on the rows, a random Llama (saved with save_pretrained), and the fine-tuning set. The
+    model is made on the device it trains on (an 8B shape on the CPU would take minutes to initialise)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from repgeom.models.build import train_tokenizer
@@ -60,11 +68,12 @@ def build_inputs(workdir: Path, rows: int, layers: int, on_gpu: bool) -> None:
     frame = question_rows(rows)
     frame.to_parquet(workdir / "finetune_set.parquet")
     tokenizer = train_tokenizer(frame["text"].tolist() + [f"Answer: {x}" for x in "ABCD"], vocab_size=1024)
-    shape = LLAMA3_8B if on_gpu else SMALL_LLAMA
-    config = LlamaConfig(**shape, num_hidden_layers=layers, bos_token_id=tokenizer.bos_token_id,
+    layout = SHAPES[shape or ("8b" if on_gpu else "small")]
+    config = LlamaConfig(**layout, num_hidden_layers=layers, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(torch.bfloat16 if on_gpu else torch.float32)
+    with torch.device("cuda" if on_gpu else "cpu"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16 if on_gpu else torch.float32)
     model.save_pretrained(workdir / "model")
     tokenizer.save_pretrained(workdir / "model")
 
@@ -77,19 +86,32 @@ def peak_memory_bytes() -> int:
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) * 1024
 
 
-def run_stage(workdir: Path, params: dict) -> dict:
+def run_stage(workdir: Path, params: dict, deepspeed: str = "zero2") -> dict:
     from repgeom.finetune.__main__ import main
 
     out = workdir / "stage_out"
+    shutil.rmtree(out, ignore_errors=True)
     status = main(["--model", str(workdir / "model"), "--train", str(workdir / "finetune_set.parquet"),
-                   "--out", str(out), "--params-json", json.dumps(params),
-                   "--deepspeed", str(REPO / "config" / "deepspeed" / "zero2.json")])
+                   "--out", str(out), "--params-json", json.dumps(params), "--deepspeed", deepspeed])
     if status:
         raise SystemExit(f"the fine-tuning stage failed with status {status}")
     with open(out / "train_log.csv", newline="") as handle:
         log = list(csv.DictReader(handle))
-    return {"tokens": sum(int(r["tokens"]) for r in log), "seconds": sum(float(r["step_time_s"]) for r in log),
-            "steps": len(log), "final_loss": float(log[-1]["loss"]), "peak_memory_bytes": peak_memory_bytes()}
+    steps = [float(r["step_time_s"]) for r in log]
+    return {"tokens": sum(int(r["tokens"]) for r in log), "seconds": sum(steps), "steps": len(log),
+            "median_step_s": float(np.median(steps[1:] or steps)),  # the first step carries one-time set-up
+            "final_loss": float(log[-1]["loss"]), "peak_memory_bytes": peak_memory_bytes()}
+
+
+def run_stage_timer_on(workdir: Path, params: dict) -> dict:
+    """The stage with DeepSpeed's throughput timer on (synchronised), as DeepSpeed's default has it."""
+    from repgeom.shipped import deepspeed_config_path
+
+    config = json.loads(deepspeed_config_path("zero2").read_text())
+    config["timers"] = {"throughput": {"enabled": True, "synchronized": True}}
+    path = workdir / "zero2_timer_on.json"
+    path.write_text(json.dumps(config))
+    return run_stage(workdir, params, str(path))
 
 
 def run_hf_trainer(workdir: Path, params: dict) -> dict:
@@ -141,7 +163,9 @@ def run_hf_trainer(workdir: Path, params: dict) -> dict:
             "peak_memory_bytes": peak_memory_bytes()}
 
 
-ARMS = {"repgeom.finetune (DeepSpeed ZeRO-2 + peft)": run_stage, "HF Trainer + peft": run_hf_trainer}
+STAGE, HF, TIMER_ON = ("repgeom.finetune (DeepSpeed ZeRO-2 + peft)", "HF Trainer + peft",
+                       "repgeom.finetune, DeepSpeed's throughput timer on")
+ARMS = {STAGE: run_stage, HF: run_hf_trainer, TIMER_ON: run_stage_timer_on}
 
 
 def main() -> None:
@@ -150,6 +174,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--layers", type=int, default=4, help="decoder blocks kept (GPU: of the 8B shape)")
     parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--shape", choices=list(SHAPES), help="model shape (default: 8b on a GPU, small on the CPU)")
+    parser.add_argument("--arms", choices=("both", "stage"), default="both",
+                        help="both (default): the stage and the HF Trainer; stage: the stage alone")
+    parser.add_argument("--compare-timer", action="store_true",
+                        help="also run the stage with DeepSpeed's throughput timer on")
     parser.add_argument("--arm", choices=list(ARMS), help=argparse.SUPPRESS)  # one arm, in a child process
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "finetune_throughput.json"))
@@ -166,8 +195,9 @@ def main() -> None:
     rows = args.rows or (1065 if on_gpu else 256)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        build_inputs(Path(tmp), rows, args.layers, on_gpu)
-        for arm in ARMS:
+        build_inputs(Path(tmp), rows, args.layers, on_gpu, args.shape)
+        arms = [STAGE] + ([HF] if args.arms == "both" else []) + ([TIMER_ON] if args.compare_timer else [])
+        for arm in arms:
             (Path(tmp) / "result.json").unlink(missing_ok=True)
             subprocess.run([sys.executable, __file__, "--arm", arm, "--workdir", tmp, "--rows", str(rows),
                             "--epochs", str(args.epochs), "--micro-batch", str(args.micro_batch)], check=True)
@@ -175,14 +205,15 @@ def main() -> None:
             results[arm]["tokens_per_s"] = results[arm]["tokens"] / results[arm]["seconds"]
     device = torch.cuda.get_device_name() if on_gpu else f"CPU ({platform.processor() or platform.machine()}, " \
                                                          f"{torch.get_num_threads()} threads)"
-    print(f"\n{device}; {'random Llama-3-8B shape' if on_gpu else 'small random Llama'}, {args.layers} layers, "
+    shape = args.shape or ("8b" if on_gpu else "small")
+    print(f"\n{device}; random Llama ({shape} shape), {args.layers} layers, "
           f"{rows} rows x {args.epochs} epoch(s), micro-batch {args.micro_batch}, effective batch 16, one rank")
-    print(f"{'arm':48s} {'tokens/s':>10s} {'steps':>6s} {'seconds':>8s} {'peak MiB':>9s} {'last loss':>9s}")
+    print(f"{'arm':52s} {'tokens/s':>10s} {'steps':>6s} {'seconds':>8s} {'step s':>7s} {'peak MiB':>9s} {'last loss':>9s}")
     for arm, r in results.items():
-        print(f"{arm:48s} {r['tokens_per_s']:10.0f} {r['steps']:6d} {r['seconds']:8.2f} "
-              f"{r['peak_memory_bytes'] / 2**20:9.0f} {r['final_loss']:9.4f}")
+        print(f"{arm:52s} {r['tokens_per_s']:10.0f} {r['steps']:6d} {r['seconds']:8.2f} "
+              f"{r.get('median_step_s', float('nan')):7.3f} {r['peak_memory_bytes'] / 2**20:9.0f} {r['final_loss']:9.4f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"device": device, "rows": rows, "layers": args.layers,
+    Path(args.out).write_text(json.dumps({"device": device, "shape": shape, "rows": rows, "layers": args.layers,
                                           "epochs": args.epochs, "params": params, "arms": results}, indent=2) + "\n")
 
 

@@ -12,6 +12,9 @@ import torch.distributed as dist
 
 from repgeom.launch import LaunchError
 
+# The GPUs a job was given, for the processes `repgeom.launch` starts (its --gpus); Slurm's SLURM_GPUS_ON_NODE
+# says the same inside a Slurm step.
+GPUS_ENV = "REPGEOM_GPUS"
 # Data-parallel ranks only meet at the start and the end: a rank that finishes early waits at the final barrier
 # for the slowest, which can take as long as an extraction.
 BARRIER_TIMEOUT = datetime.timedelta(hours=12)
@@ -46,6 +49,56 @@ def rank_info_from_env() -> RankInfo:
     return info
 
 
+class NoCudaError(LaunchError):
+    """The job was given GPUs, but this process's torch cannot use any (a CPU-only build, an old driver)."""
+
+
+def gpus_given(env=None) -> tuple[int | None, str]:
+    """(GPUs this job was given, where that was read): REPGEOM_GPUS (set by `repgeom.launch` from --gpus), else
+    SLURM_GPUS_ON_NODE, else (None, "") when nothing says. CUDA_VISIBLE_DEVICES does not count: a shell may export
+    it on a machine where the job was given no GPU."""
+    env = os.environ if env is None else env
+    for name in (GPUS_ENV, "SLURM_GPUS_ON_NODE"):
+        value = env.get(name, "").strip()
+        if value:
+            try:
+                count = int(value)
+            except ValueError:
+                raise LaunchError(f"{name} is not a number: {value!r}") from None
+            return count, name
+    return None, ""
+
+
+def rank_device(info: RankInfo, gpus: int | None = None, source: str = "", *, cuda_available: bool | None = None,
+                device_count: int | None = None) -> torch.device:
+    """The device of this rank, the one mapping of the project (extraction, fine-tuning and DeepSpeed through
+    `init_process_group`): GPU `local_rank % visible devices` when CUDA is usable, so that a rank that sees one GPU
+    (`srun --ntasks N --gpus-per-task 1`) takes device 0 and torchrun's ranks on a node of N GPUs take one each;
+    the CPU when the job was given no GPU (`gpus` 0) or CUDA is not usable.
+
+    `gpus` (default: `gpus_given()`) is the number of GPUs the job was given; when it is above 0 and torch sees no
+    CUDA device, this raises NoCudaError rather than running silently on the CPU. `cuda_available` and
+    `device_count` default to torch's (tests fake them)."""
+    if gpus is None:
+        gpus, source = gpus_given()
+    if gpus == 0:
+        return torch.device("cpu")
+    available = torch.cuda.is_available() if cuda_available is None else cuda_available
+    if not available:
+        if gpus:
+            raise NoCudaError(no_cuda_message(gpus, source))
+        return torch.device("cpu")
+    count = torch.cuda.device_count() if device_count is None else device_count
+    return torch.device("cuda", info.local_rank % count)
+
+
+def no_cuda_message(gpus: int, source: str) -> str:
+    build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+    return (f"this job was given {gpus} GPU(s) ({source or 'asked'}) but torch sees no usable CUDA device (torch "
+            f"{torch.__version__}, {build}): install a torch build for this node's CUDA driver, or give the job no "
+            "GPUs (hardware map `gpus: 0`) to run on the CPU")
+
+
 def init_process_group(info: RankInfo, zero3: bool, device: torch.device, *, deepspeed: bool | None = None,
                        timeout: datetime.timedelta = BARRIER_TIMEOUT) -> None:
     """One process group per process, for a run of several ranks: gloo for data parallelism (barriers only), and
@@ -72,12 +125,14 @@ def init_process_group(info: RankInfo, zero3: bool, device: torch.device, *, dee
         return
     import deepspeed as ds
 
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    # DeepSpeed reads these from the environment (a single process, or Slurm's names, has not set them;
-    # zero.Init places partitions on LOCAL_RANK's device).
+    # DeepSpeed reads these from the environment (a single process, or Slurm's names, has not set them).
     for name, value in (("RANK", info.rank), ("WORLD_SIZE", info.world_size), ("LOCAL_RANK", info.local_rank)):
         os.environ.setdefault(name, str(value))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        # DeepSpeed's engine and zero.Init take LOCAL_RANK as the index of the rank's GPU: it must be the device
+        # `rank_device` chose (local rank 1 that sees one GPU uses device 0, which LOCAL_RANK=1 would not).
+        os.environ["LOCAL_RANK"] = str(device.index if device.index is not None else torch.cuda.current_device())
     if info.world_size == 1:
         # A single rank has no peer to share memory with; DeepSpeed's shared-memory allreduce kernel would still be
         # compiled on a machine's first run (about a minute of a 2-core machine). Its op table is meant to be edited.

@@ -10,6 +10,8 @@ rule analyze_layers:
         store=STORE,
         group=store_group,
         analysis=as_json(config["analysis"]["params"]),
+        # The kNN runs where the job's resources put it: a job sized `gpus: 0` stays off the GPUs.
+        device=lambda wc, resources: "cuda" if resources.gpu > 0 else "cpu",
     threads: job_threads("analyze")
     resources:
         **job_resources("analyze"),
@@ -22,7 +24,7 @@ rule analyze_layers:
     shell:
         f"{TRACKED} --extra-inputs {{params.group}} -- "
         "python -m repgeom.analysis layers --store {params.store} --group {wildcards.model}/{wildcards.condition}"
-        " --layers {wildcards.layers} --params-json {params.analysis:q} --threads {threads}"
+        " --layers {wildcards.layers} --params-json {params.analysis:q} --threads {threads} --device {params.device}"
         " --out {output.metrics} --neighbors-out {output.neighbors} > {log} 2>&1"
 
 
@@ -66,6 +68,7 @@ rule data_overlap:
         groups=lambda wc: " ".join(f"{wc.model}/{condition}" for condition in conditions(wc.model)),
         group_paths=lambda wc: " ".join(f"{STORE}/{wc.model}/{condition}" for condition in conditions(wc.model)),
         k=config["analysis"]["params"]["overlap_k"],
+        device=lambda wc, resources: "cuda" if resources.gpu > 0 else "cpu",
     threads: job_threads("analyze")
     resources:
         **job_resources("analyze"),
@@ -78,7 +81,7 @@ rule data_overlap:
     shell:
         f"{TRACKED} --extra-inputs {{params.group_paths}} -- "
         "python -m repgeom.analysis overlap --store {params.store} --groups {params.groups} --neighbors {input}"
-        " --k {params.k} --threads {threads} --out {output} > {log} 2>&1"
+        " --k {params.k} --threads {threads} --device {params.device} --out {output} > {log} 2>&1"
 
 
 rule run_metrics:

@@ -36,6 +36,7 @@ from tqdm import tqdm  # noqa: E402
 from repgeom.analysis.layer import AnalysisInputError, layer_analysis, token_local_id_rows, validate_representation  # noqa: E402
 from repgeom.analysis.memory import keep_freed_memory  # noqa: E402
 from repgeom.analysis.neighbor_artifact import NeighborArtifact, NeighborArtifactError, writing_artifact  # noqa: E402
+from repgeom.analysis.neighbors import resolve_device  # noqa: E402
 from repgeom.analysis.overlap import OverlapSide, aligned_to, pair_overlap  # noqa: E402
 from repgeom.analysis.params import AnalysisParams  # noqa: E402
 from repgeom.errors import entry_point  # noqa: E402
@@ -221,7 +222,9 @@ def main(argv=None) -> int:
     common.add_argument("--store", required=True, help="activation store path")
     common.add_argument("--layers", default="all", help="'all' (default), 'A-B' or 'A,B,...'")
     common.add_argument("--out", required=True, help="output parquet (written atomically)")
-    common.add_argument("--device", default=None, help="torch device for the kNN (default: cuda if present)")
+    common.add_argument("--device", default=None,
+                        help="torch device of the kNN: cpu, cuda or cuda:N (default: the job's GPUs, from REPGEOM_GPUS "
+                             "or SLURM_GPUS_ON_NODE, else cuda if present); the workflow passes the job's")
     common.add_argument("--threads", type=int, default=None, help="CPU threads for torch and BLAS")
     common.add_argument("--log", default=None, help="also write the log to this file")
 
@@ -243,6 +246,7 @@ def main(argv=None) -> int:
 
     args = parser.parse_args(argv)
     configure_logging(args.log)
+    args.device = str(resolve_device(args.device))  # a GPU given but unusable stops here, before any layer is read
     if args.threads:
         torch.set_num_threads(args.threads)
     with threadpool_limits(limits=args.threads):

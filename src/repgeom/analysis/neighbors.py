@@ -47,10 +47,17 @@ _ORDER_NEIGHBOURS = 32
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """None means the GPU when there is one, else the CPU."""
+    """None means the devices the job was given (`repgeom.distributed.rank_device`: the CPU when it was given no
+    GPU, a GPU when it was given some; when nothing says, the GPU if there is one). A CUDA device that torch cannot
+    use, named or given, stops with NoCudaError rather than running on the CPU."""
+    from repgeom.distributed import NoCudaError, RankInfo, no_cuda_message, rank_device
+
     if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        return rank_device(RankInfo(0, 1, 0))
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise NoCudaError(no_cuda_message(1, f"device {str(device)!r}"))
+    return device
 
 
 def distinct_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from repgeom.distributed import RankInfo
+from repgeom.distributed import RankInfo, rank_device
 from repgeom.errors import InputError
 from repgeom.models.loading import ModelLoadError, load_model, model_fingerprint
 from repgeom.shipped import read_deepspeed_config
@@ -25,11 +25,15 @@ class ExtractionModel:
 
 
 def compute_device(info: RankInfo, device_map: str | None) -> torch.device:
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    if device_map is None:
-        torch.cuda.set_device(info.local_rank)
-    return torch.device("cuda", 0 if device_map else info.local_rank)
+    """The rank's device (`repgeom.distributed.rank_device`: stops when the job was given GPUs that torch cannot
+    use); under a device map the inputs go to the first GPU, where the embedding is."""
+    device = rank_device(info)
+    if device.type != "cuda":
+        return device
+    if device_map:
+        return torch.device("cuda", 0)
+    torch.cuda.set_device(device)
+    return device
 
 
 def load_model_config(spec: str, revision: str | None = None):
@@ -137,16 +141,17 @@ def read_zero3_config(path: str | Path, dtype: torch.dtype) -> dict:
 
 def load_extraction_model(spec: str, device: torch.device, dtype: torch.dtype, adapter: str | None = None,
                           revision: str | None = None, zero3_config: dict | None = None,
-                          device_map: str | None = None) -> ExtractionModel:
+                          device_map: str | None = None, max_batch_tokens: int | None = None) -> ExtractionModel:
     """Load weights and adapter. LoRA is merged into the weights (one matmul per layer) except under ZeRO-3, where
-    the weights are partitioned; prompt-learning adapters stay wrapped, since peft adds their virtual tokens."""
+    the weights are partitioned; prompt-learning adapters stay wrapped, since peft adds their virtual tokens. A device
+    map leaves room on each GPU for forward passes of `max_batch_tokens` padded tokens (default: the loader's)."""
     if zero3_config is not None:
         from transformers.integrations import HfDeepSpeedConfig
 
         # While this object lives, from_pretrained loads each rank's partition only (deepspeed.zero.Init).
         zero3_loading = HfDeepSpeedConfig(zero3_config)  # noqa: F841
     model = load_model(spec, device=device, dtype=str(dtype).removeprefix("torch."), revision=revision,
-                       device_map=device_map)
+                       device_map=device_map, reserved_batch_tokens=max_batch_tokens)
     prompt_learning = False
     if adapter is not None:
         from peft import PeftModel

@@ -66,7 +66,11 @@ def encode_finetune_set(path: str | Path, tokenizer, max_tokens: int | None) -> 
 
 def collate(encoded: EncodedSet, rows: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
     """Right padding, so that each row's tokens keep their positions whatever the batch (peft's prompt learning
-    ignores position_ids). Labels are -100 except on the last real token, the answer letter."""
+    ignores position_ids). Labels are -100 except on the last real token, the answer letter.
+
+    Also where the loss reads, computed here on the host so that `letter_losses` makes no device-to-host sync:
+    `label_positions` [B] (each row's labelled token), `keep_positions` [K] (the distinct positions that predict
+    them, sorted) and `keep_columns` [B] (each row's column among them)."""
     sequences = [encoded.input_ids[row] for row in rows]
     width = max(len(ids) for ids in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
@@ -76,18 +80,28 @@ def collate(encoded: EncodedSet, rows: np.ndarray, pad_id: int) -> dict[str, tor
         input_ids[i, :len(ids)] = torch.tensor(ids)
         attention_mask[i, :len(ids)] = 1
         labels[i, len(ids) - 1] = ids[-1]
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    label_positions = torch.tensor([len(ids) - 1 for ids in sequences], dtype=torch.long)
+    keep_positions, keep_columns = torch.unique(label_positions - 1, return_inverse=True)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+            "label_positions": label_positions, "keep_positions": keep_positions, "keep_columns": keep_columns}
 
 
 def letter_losses(model, batch: dict[str, torch.Tensor], n_prepended: int) -> torch.Tensor:
     """Cross-entropy of each row's labelled token, [B]. Logits are computed only at the positions that predict
     labelled tokens (`logits_to_keep`), not over the whole sequence and vocabulary. `n_prepended`: virtual tokens
-    that prompt tuning puts in front of the sequence, which shift every output position."""
+    that prompt tuning puts in front of the sequence, which shift every output position.
+
+    A batch from `collate` says where its labels are, so this makes no device-to-host sync (three per micro-step
+    otherwise: nonzero, equal and unique); a batch with `labels` alone is read as before."""
     labels = batch["labels"]
-    rows, targets = torch.nonzero(labels != IGNORE_INDEX, as_tuple=True)
-    if not torch.equal(rows, torch.arange(len(labels), device=labels.device)):
-        raise ValueError("each row must carry exactly one labelled token")
-    predicting = targets - 1 + n_prepended
-    keep, column = torch.unique(predicting, return_inverse=True)
+    if "label_positions" in batch:
+        targets = batch["label_positions"]
+        rows = torch.arange(len(labels), device=labels.device)
+        keep, column = batch["keep_positions"] + n_prepended, batch["keep_columns"]
+    else:
+        rows, targets = torch.nonzero(labels != IGNORE_INDEX, as_tuple=True)
+        if not torch.equal(rows, torch.arange(len(labels), device=labels.device)):
+            raise ValueError("each row must carry exactly one labelled token")
+        keep, column = torch.unique(targets - 1 + n_prepended, return_inverse=True)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
     return torch.nn.functional.cross_entropy(logits[rows, column].float(), labels[rows, targets], reduction="none")

@@ -85,12 +85,14 @@ class PrefixSubspace(nn.Module):
         # each vertex starts as peft initialises a prefix. Calling the table (not reading its weight) lets
         # ZeRO-3 gather it in its forward hook.
         self.embedding = nn.Embedding(n_vertices * num_virtual_tokens, dim)
-        self.register_buffer("table_rows", torch.arange(n_vertices * num_virtual_tokens), persistent=False)
         self.mix_weights: torch.Tensor | None = None
         self.cos_penalty: torch.Tensor | None = None
 
     def vertices(self) -> torch.Tensor:
-        return self.embedding(self.table_rows).view(self.shape)
+        # The row indices are made where the table is, at each call: ZeRO-3 moves parameters to the GPU but not
+        # buffers, so an index buffer built with the module would stay on the CPU.
+        rows = torch.arange(self.embedding.num_embeddings, device=self.embedding.weight.device)
+        return self.embedding(rows).view(self.shape)
 
     def forward(self, prompt_tokens: torch.Tensor) -> torch.Tensor:
         vertices = self.vertices()[:, prompt_tokens[0]]  # every row of prompt_tokens is 0..num_virtual_tokens-1

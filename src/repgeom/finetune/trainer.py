@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from repgeom.distributed import RankInfo, init_process_group, rank_info_from_env
+from repgeom.distributed import RankInfo, init_process_group, rank_device, rank_info_from_env
 from repgeom.finetune.data import collate, encode_finetune_set, letter_losses
 from repgeom.finetune.methods import prefix_subspace, save_adapter, trainable_model, virtual_tokens_in_sequence
 from repgeom.finetune.params import PROMPT_LEARNING_METHODS, FinetuneError, FinetuneParams
@@ -191,8 +191,7 @@ class FinetuneJob:
 
     def _run(self, info: RankInfo) -> None:
         # Modulo: a scheduler that gives each task one visible GPU leaves local ranks above 0 on device 0.
-        device = (torch.device("cuda", info.local_rank % torch.cuda.device_count()) if torch.cuda.is_available()
-                  else torch.device("cpu"))
+        device = rank_device(info)
         dtype = parse_dtype(self.model_dtype, device)
         params = self.params
         tokenizer = load_tokenizer(self.model, self.revision)

@@ -188,23 +188,116 @@ def parse_dtype(name: str | None, device: torch.device | str) -> torch.dtype:
     return table[name]
 
 
+# Padded tokens per forward pass that a device map leaves room for when the caller does not say (the extraction's
+# default batch on a GPU).
+DEFAULT_RESERVED_BATCH_TOKENS = 16384
+# Rows of a batch, at most, per padded token, for the logit lens's budget: prompts of 32 tokens or more.
+MIN_PROMPT_TOKENS = 32
+# Beside the activations, per GPU: the CUDA context, cuBLAS and attention workspaces, allocator fragmentation.
+GPU_OVERHEAD_BYTES = 2 << 30
+
+
+def forward_reserve_bytes(config, batch_tokens: int, *, dtype_bytes: int = 2, rows: int | None = None,
+                          blocks: int | None = None, lens: bool = True) -> int:
+    """What one extraction forward pass of `batch_tokens` padded tokens holds on a GPU beside the weights, at most:
+
+    * one block's transients: the MLP's gate, up and their product (3 x intermediate) and the residual stream,
+      its norm and the attention output (3 x hidden) per token;
+    * the keys and values of `blocks` blocks (default all), kept when rows continue a shared prefix's cache;
+    * with `lens`, the logit lens: [rows, layers + 1, vocab] logits and a float32 log-softmax row, rows = `rows` or
+      batch_tokens / MIN_PROMPT_TOKENS (only the GPU that holds the LM head needs it);
+    * 10 % and GPU_OVERHEAD_BYTES for the context, workspaces and fragmentation.
+
+    `config` is a transformers config (its text config is read)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden, layers = text.hidden_size, text.num_hidden_layers
+    intermediate = getattr(text, "intermediate_size", None) or 4 * hidden
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    kv_width = (getattr(text, "num_key_value_heads", None) or heads) * head_dim
+    blocks = layers if blocks is None else blocks
+    values = batch_tokens * (3 * intermediate + 3 * hidden) + batch_tokens * 2 * kv_width * blocks
+    total = values * dtype_bytes
+    if lens:
+        rows = rows or max(1, batch_tokens // MIN_PROMPT_TOKENS)
+        total += rows * (layers + 1) * text.vocab_size * dtype_bytes + rows * text.vocab_size * 4
+    return int(1.1 * total) + GPU_OVERHEAD_BYTES
+
+
+def device_map_max_memory(config, batch_tokens: int = DEFAULT_RESERVED_BATCH_TOKENS, free: dict[int, int] | None = None,
+                          *, dtype_bytes: int = 2, rows: int | None = None) -> dict[int, int]:
+    """`max_memory` for `device_map="auto"`: each GPU's free memory (default: torch's `mem_get_info`) less what a
+    forward pass of `batch_tokens` needs there (`forward_reserve_bytes` with the blocks it will hold, spread evenly);
+    the last GPU, which holds the LM head under transformers' balanced map, also keeps the logit lens's room.
+    Without it accelerate fills the GPUs with weights and the first batch runs out of memory."""
+    if free is None:
+        free = {i: torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())}
+    if not free:
+        raise ModelLoadError("device_map='auto' needs at least one GPU, and torch sees none")
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    blocks = -(-text.num_hidden_layers // len(free)) + 1
+    last = max(free)
+    budget = {}
+    for gpu, available in free.items():
+        reserve = forward_reserve_bytes(config, batch_tokens, dtype_bytes=dtype_bytes, rows=rows, blocks=blocks,
+                                        lens=gpu == last)
+        if available <= reserve:
+            raise ModelLoadError(f"GPU {gpu} has {available / 2**30:.1f} GiB free, not more than the "
+                                 f"{reserve / 2**30:.1f} GiB a forward pass of {batch_tokens} tokens needs beside the "
+                                 "weights: use fewer --max-batch-tokens or more GPUs")
+        budget[gpu] = available - reserve
+    return budget
+
+
+def batch_tokens_that_fit(config, free_bytes: int, *, dtype_bytes: int = 2, blocks: int | None = None,
+                          lens: bool = True) -> int:
+    """The most padded tokens per forward pass whose `forward_reserve_bytes` fits in `free_bytes` (what is left on a
+    GPU once the weights are placed); 0 when not even one token fits. The reserve grows linearly with the tokens."""
+    base = forward_reserve_bytes(config, 0, dtype_bytes=dtype_bytes, rows=1, blocks=blocks, lens=False)
+    per_token = forward_reserve_bytes(config, 1 << 20, dtype_bytes=dtype_bytes, blocks=blocks, lens=lens) - base
+    return max(0, int((free_bytes - base) * (1 << 20) // per_token))
+
+
+def _zero3_loading() -> bool:
+    """Whether a ZeRO-3 HfDeepSpeedConfig is alive: then from_pretrained partitions the weights itself."""
+    try:
+        from transformers.integrations import is_deepspeed_zero3_enabled
+    except ImportError:
+        return False
+    return is_deepspeed_zero3_enabled()
+
+
 def load_model(spec: str, device: torch.device | str = "cpu", dtype: str | None = "auto",
-               revision: str | None = None, device_map: str | None = None):
-    """Load a causal LM in eval mode. `device_map="auto"` shards layers over all visible GPUs."""
+               revision: str | None = None, device_map: str | None = None, reserved_batch_tokens: int | None = None):
+    """Load a causal LM in eval mode. `device_map="auto"` shards layers over all visible GPUs, leaving room on each
+    for a forward pass of `reserved_batch_tokens` (default DEFAULT_RESERVED_BATCH_TOKENS) padded tokens
+    (`device_map_max_memory`). On a GPU the weights load to it directly, not through a host copy (eight ranks of a
+    node would hold eight), except under ZeRO-3, whose loading partitions them."""
     from transformers import AutoModelForCausalLM
 
     spec, is_local = _resolve(spec)
     torch_dtype = parse_dtype(dtype, device)
     if is_local and (problem := _folder_problem(Path(spec), config=True, tokenizer=False, weights=True)):
         raise problem
+    placement, max_memory = device_map, None
+    if device_map == "auto" and torch.cuda.is_available():
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(spec, revision=revision)
+        max_memory = device_map_max_memory(config, reserved_batch_tokens or DEFAULT_RESERVED_BATCH_TOKENS,
+                                           dtype_bytes=torch.tensor([], dtype=torch_dtype).element_size())
+    elif device_map is None and torch.device(device).type == "cuda" and not _zero3_loading():
+        device = torch.device(device)
+        placement = {"": device if device.index is not None else torch.device("cuda", torch.cuda.current_device())}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            spec, revision=revision, dtype=torch_dtype, device_map=device_map
+            spec, revision=revision, dtype=torch_dtype, device_map=placement,
+            **({"max_memory": max_memory} if max_memory is not None else {})
         )
     except Exception as err:  # OSError, ValueError (unknown model_type), KeyError, … from transformers
         _raise_load_error("model", spec, is_local, err)
         raise
-    if device_map is None:
+    if placement is None:
         model.to(device)
     model.eval()
     return model
