@@ -138,3 +138,13 @@ def test_the_launch_stops_before_any_rank_on_a_spread_job(tmp_path, capsys, monk
     assert main(["--gpus", "2", "--", "touch", str(marker)]) == 1
     assert "submit it with --nodes=1" in capsys.readouterr().err
     assert not marker.exists()
+
+
+def test_the_launched_command_knows_its_gpus(tmp_path):
+    """REPGEOM_JOB_GPUS: what repgeom.distributed reads to stop a job given GPUs whose torch sees none."""
+    out = tmp_path / "gpus"
+    result = subprocess.run([sys.executable, "-m", "repgeom.launch", "--gpus", "1", "--", "sh", "-c",
+                             f"echo $REPGEOM_JOB_GPUS > {out}"], capture_output=True, text=True,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("SLURM_")})
+    assert result.returncode == 0, result.stderr
+    assert out.read_text().strip() == "1"

@@ -10,11 +10,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from repgeom.launch import LaunchError
+from repgeom.launch import GPUS_ENV, LaunchError
 
 # The GPUs a job was given, for the processes `repgeom.launch` starts (its --gpus); Slurm's SLURM_GPUS_ON_NODE
 # says the same inside a Slurm step.
-GPUS_ENV = "REPGEOM_GPUS"
 # Data-parallel ranks only meet at the start and the end: a rank that finishes early waits at the final barrier
 # for the slowest, which can take as long as an extraction.
 BARRIER_TIMEOUT = datetime.timedelta(hours=12)
@@ -54,7 +53,7 @@ class NoCudaError(LaunchError):
 
 
 def gpus_given(env=None) -> tuple[int | None, str]:
-    """(GPUs this job was given, where that was read): REPGEOM_GPUS (set by `repgeom.launch` from --gpus), else
+    """(GPUs this job was given, where that was read): REPGEOM_JOB_GPUS (set by `repgeom.launch` from --gpus), else
     SLURM_GPUS_ON_NODE, else (None, "") when nothing says. CUDA_VISIBLE_DEVICES does not count: a shell may export
     it on a machine where the job was given no GPU."""
     env = os.environ if env is None else env

@@ -31,6 +31,9 @@ from collections.abc import Mapping, Sequence
 from repgeom.errors import InputError, entry_point
 
 TORCHRUN = ("-m", "torch.distributed.run")
+# The GPUs the launched command was given (repgeom.distributed.gpus_given reads it: a job given GPUs that its torch
+# cannot use stops instead of running on the CPU).
+GPUS_ENV = "REPGEOM_JOB_GPUS"
 
 
 class LaunchError(InputError):
@@ -141,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(shown)
         return 0
     print(f"repgeom.launch: {gpus} GPU(s) ({source}): {shown}", file=sys.stderr, flush=True)
-    os.environ.update(extra_env)
+    os.environ.update(extra_env, **{GPUS_ENV: str(gpus)})
     try:
         os.execvp(command[0], command)
     except OSError as e:

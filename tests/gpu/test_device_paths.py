@@ -94,7 +94,7 @@ def test_gpus_given_from_the_launcher_or_slurm(no_gpu_env):
     assert gpus_given({"SLURM_GPUS_ON_NODE": "4"}) == (4, "SLURM_GPUS_ON_NODE")
     assert gpus_given({GPUS_ENV: "0", "SLURM_GPUS_ON_NODE": "4"}) == (0, GPUS_ENV)
     assert gpus_given({"CUDA_VISIBLE_DEVICES": "0,1"}) == (None, "")  # a shell may export it on any machine
-    with pytest.raises(distributed.LaunchError, match="REPGEOM_GPUS is not a number: 'two'"):
+    with pytest.raises(distributed.LaunchError, match="REPGEOM_JOB_GPUS is not a number: 'two'"):
         gpus_given({GPUS_ENV: "two"})
 
 

@@ -56,7 +56,7 @@ def record(name: str, **values) -> None:
 
 def device_env(device: torch.device) -> dict[str, str]:
     """The job's GPUs as the launcher says them: 1 on the GPU (checked against CUDA), 0 in the dry run."""
-    return {"REPGEOM_GPUS": "1" if on_gpu(device) else "0"}
+    return {"REPGEOM_JOB_GPUS": "1" if on_gpu(device) else "0"}
 
 
 # --- 1, 2: extraction -----------------------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ def prompts(tmp_path_factory, make_prompts):
 def cpu_float32(tmp_path_factory, tier_model_dir, prompts):
     """The reference: float32 on the CPU (a job given no GPU)."""
     out = tmp_path_factory.mktemp("cpu_float32")
-    result = extract(out, tier_model_dir, prompts, "float32", {"REPGEOM_GPUS": "0"})
+    result = extract(out, tier_model_dir, prompts, "float32", {"REPGEOM_JOB_GPUS": "0"})
     assert result.returncode == 0, result.stderr
     return out
 

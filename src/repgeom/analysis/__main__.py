@@ -223,7 +223,7 @@ def main(argv=None) -> int:
     common.add_argument("--layers", default="all", help="'all' (default), 'A-B' or 'A,B,...'")
     common.add_argument("--out", required=True, help="output parquet (written atomically)")
     common.add_argument("--device", default=None,
-                        help="torch device of the kNN: cpu, cuda or cuda:N (default: the job's GPUs, from REPGEOM_GPUS "
+                        help="torch device of the kNN: cpu, cuda or cuda:N (default: the job's GPUs, from REPGEOM_JOB_GPUS "
                              "or SLURM_GPUS_ON_NODE, else cuda if present); the workflow passes the job's")
     common.add_argument("--threads", type=int, default=None, help="CPU threads for torch and BLAS")
     common.add_argument("--log", default=None, help="also write the log to this file")
