@@ -12,6 +12,7 @@ Targets: (a) >= 85% of (c), and >= 10x (b). On a GPU, also the fraction of the b
 FLOP against the device's dense bf16 peak, P = parameters of the blocks and final norm (the embedding is a
 lookup, and the LM head runs on one token per prompt). The model is built from its config: no download.
 Prints a table and writes benchmarks/results/extract_throughput.json.
+The latest numbers, with the machine and commit: docs/benchmarks.md.
 """
 from __future__ import annotations
 

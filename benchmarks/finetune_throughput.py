@@ -11,6 +11,7 @@ memory. Reported per arm: training tokens/s (the real, unpadded tokens of every 
 from its first step to its last, with no checkpoint saving in the HF arm and the stage's adapter saves left out), the
 rank's peak memory (GPU: most memory allocated; CPU: peak resident set), and the last step's loss. The models are
 built from a config: nothing is downloaded. Writes benchmarks/results/finetune_throughput.json.
+The latest numbers, with the machine and commit: docs/benchmarks.md.
 """
 from __future__ import annotations
 
