@@ -1,7 +1,7 @@
 """Per-layer analysis wall time: the reference's DADApy-only path against this project's, on one run.
 
   python benchmarks/analysis_speed.py                     # N = 10,000, D = 4096 (docs/design.md §11)
-  python benchmarks/analysis_speed.py --n 4000 --d 1024   # a few minutes on 2 cores
+  python benchmarks/analysis_speed.py --n 4000 --d 1024   # quicker
   python benchmarks/analysis_speed.py --n 9181 --threads 16 --no-project-cpu --small-n 0   # benchmarks/gpu_check.sh
 
 Counted per condition and layer, as the workflow runs them:
@@ -21,7 +21,7 @@ layer (2 N^2 D FLOP; Y, not X, so that no BLAS halves it as a symmetric product)
 CPU GEMMs (and sklearn's) use, and in torch (MKL). The kNN's time is given against both. And a small layer at the
 default's scale (N = 600, D = 576, config/config.yaml's analysis parameters): its whole analysis, once the process
 has started (the start-up, paid once per job for all its layers, is given apart). Prints a table and writes a
-JSON.
+JSON. The latest numbers, with the machine and commit: docs/benchmarks.md.
 """
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ Prompt lengths: `five-shot` (the default) spreads them like 5-shot MMLU; `refere
 conditions, 0-, 1-, 2- and 5-shot in equal parts (config/paper_llama3_8b.yaml's shots), each a header and k + 1
 question blocks of MMLU-like length (mean 110 tokens, 40-600).
 Prints a table and writes benchmarks/results/extract_throughput.json.
+The latest numbers, with the machine and commit: docs/benchmarks.md.
 """
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ rank's peak memory (GPU: most memory allocated; CPU: peak resident set), the med
 loss. The models are built from a config: nothing is downloaded. `--arms stage` runs the stage alone (the HF arm needs
 `datasets`); `--compare-timer` runs the stage again with DeepSpeed's throughput timer on (it synchronises the device
 at every forward and step; the shipped configs turn it off). Writes benchmarks/results/finetune_throughput.json.
+The latest numbers, with the machine and commit: docs/benchmarks.md.
 """
 from __future__ import annotations
 

@@ -28,7 +28,11 @@ def render(name: str, config: dict, params: dict | None = None, **wildcards) -> 
 
 
 def load(name: str) -> dict:
-    return yaml.safe_load((ROOT / "config" / name).read_text())
+    """A shipped config as the rules see it: validated, so the schema's defaults are filled in."""
+    from snakemake.utils import validate
+    config = yaml.safe_load((ROOT / "config" / name).read_text())
+    validate(config, str(ROOT / "config" / "schema.yaml"))
+    return config
 
 
 def without_finetuning(config: dict) -> dict:
