@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 
-RULES = Path(__file__).resolve().parents[1] / "workflow" / "rules"
+RULES = Path(__file__).resolve().parents[2] / "workflow" / "rules"
 HEAVY = ["torch", "dadapy", "jax", "sklearn"]
 
 
