@@ -101,3 +101,18 @@ def test_schema_defaults_are_the_analysis_defaults_and_fill_a_bare_params_block(
     config["analysis"]["params"] = {"Z": 2.0}
     validate(config, str(schema))
     assert config["analysis"]["params"] == {**expected, "Z": 2.0}
+
+
+def test_a_model_folder_without_a_config_is_one_line_of_the_config_check(tmp_path):
+    """Checked with the config when the workflow starts, not from inside an input function (no traceback)."""
+    import yaml
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    (tmp_path / "empty").mkdir()
+    config["models"] = {"mine": {"path": str(tmp_path / "empty"), "max_length": 512}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = dry_run("--configfile", str(tmp_path / "config.yaml"), cwd=tmp_path)
+    output = result.stderr + result.stdout
+    assert result.returncode != 0
+    assert (f"invalid config:\n  models.mine.path: {tmp_path}/empty/config.json does not exist: the model folder "
+            f"'{tmp_path}/empty' holds no model (give a save_pretrained folder)\n") in output
+    assert "InputFunctionException" not in output and "Traceback" not in output

@@ -30,7 +30,7 @@ rule condition_metrics:
     input:
         lambda wc: expand(
             f"{RESULTS}/metrics/{wc.model}/{wc.condition}/layers_{{layers}}.parquet",
-            layers=layer_blocks(wc.model),
+            layers=analysis_blocks(wc.model),
         ),
     output:
         f"{RESULTS}/metrics/{{model}}/{{condition}}.parquet",
@@ -56,7 +56,7 @@ rule data_overlap:
         lambda wc: expand(
             f"{RESULTS}/neighbors/{wc.model}/{{condition}}/layers_{{layers}}.zarr",
             condition=conditions(wc.model),
-            layers=layer_blocks(wc.model),
+            layers=analysis_blocks(wc.model),
         ),
     output:
         f"{RESULTS}/metrics/{{model}}/overlap.parquet",
