@@ -92,7 +92,7 @@ def _input_error_classes():
     from repgeom.data.facts import FactsPoolError, FactsTableError
     from repgeom.data.mmlu import DatasetError
     from repgeom.extract.hooks import UnsupportedArchitecture
-    from repgeom.extract.run import PromptSetError
+    from repgeom.extract.job import PromptSetError
     from repgeom.finetune.params import FinetuneError
     from repgeom.finetune.trainer import FinetuneLocked
     from repgeom.launch import LaunchError
