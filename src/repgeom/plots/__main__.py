@@ -80,9 +80,7 @@ def cmd_variant_ari(args) -> None:
 
 
 def cmd_figures(args) -> None:
-    from repgeom.plots.model_figures import model_figures
     from repgeom.plots.inputs import (
-        ACCURACY_COLUMNS,
         METRIC_COLUMNS,
         OVERLAP_COLUMNS,
         check_conditions,
@@ -92,6 +90,8 @@ def cmd_figures(args) -> None:
         read_table,
         steps_from_runs,
     )
+    from repgeom.plots.model_figures import model_figures
+    from repgeom.tables import ACCURACY_COLUMNS
 
     params = parse_settings(args.settings_json)
     steps = steps_from_runs(args.checkpoints)

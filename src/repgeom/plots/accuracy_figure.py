@@ -6,7 +6,6 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on cluster nodes
 import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
 
 from repgeom.conditions import parse_condition  # noqa: E402
 from repgeom.plots.parts import FigureInputs  # noqa: E402

@@ -11,7 +11,7 @@ import pandas as pd
 from repgeom.analysis.params import AnalysisParams
 from repgeom.conditions import finetuned_condition, parse_condition
 from repgeom.errors import InputError  # a figure input is missing, unreadable or lacks what the figures need
-from repgeom.tables import ACCURACY_COLUMNS, LENS_TABLE_COLUMNS
+from repgeom.tables import LENS_TABLE_COLUMNS
 
 METRIC_COLUMNS = ("model", "condition", "layer", "metric", "scale", "value", "error")
 OVERLAP_COLUMNS = ("model", "condition_a", "condition_b", "layer_a", "layer_b", "metric", "k", "value")
