@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
 import logging
 import os
 import sys
@@ -38,7 +37,7 @@ from repgeom.analysis.memory import keep_freed_memory  # noqa: E402
 from repgeom.analysis.neighbor_artifact import NeighborArtifact, NeighborArtifactError, writing_artifact  # noqa: E402
 from repgeom.analysis.overlap import OverlapSide, aligned_to, pair_overlap  # noqa: E402
 from repgeom.analysis.params import AnalysisParams  # noqa: E402
-from repgeom.errors import entry_point  # noqa: E402
+from repgeom.errors import entry_point, json_option  # noqa: E402
 from repgeom.io import write_parquet  # noqa: E402
 from repgeom.logs import configure_logging  # noqa: E402
 
@@ -89,8 +88,9 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
 
 
 def parse_params(text: str) -> AnalysisParams:
+    params = json_option(text, "--params-json", AnalysisInputError)
     try:
-        return AnalysisParams.coerce(json.loads(text))
+        return AnalysisParams.coerce(params)
     except (ValueError, TypeError) as err:
         raise AnalysisInputError(f"--params-json: {err}") from None
 
