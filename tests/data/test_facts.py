@@ -235,3 +235,20 @@ def test_too_many_questions_names_the_subject(tmp_path):
         facts.generate(tmp_path / "big", seed=0, n_dev=5, n_validation=20, n_test=n_test)
     with pytest.raises(ValueError, match="n_test must be a positive integer"):
         facts.generate(tmp_path / "zero", seed=0, n_dev=5, n_validation=20, n_test=0)
+
+
+def test_every_table_question_names_its_table_columns_and_near_rule():
+    """The questions are data (`fact_questions.TABLE_QUESTIONS`): each names a shipped table, columns of it and a
+    near-answer rule that exists; a relation and its inverse ask about one fact, keyed by the same column."""
+    from repgeom.data.fact_questions import TABLE_QUESTIONS
+
+    for question in TABLE_QUESTIONS:
+        columns = facts.TABLES[question.table].columns
+        assert {question.ask, question.answer, question.key} <= set(columns), question.name
+        assert question.near is None or question.near in facts.NEAR_ANSWERS, question.name
+        assert question.subject in facts.SUBJECT_AREAS and len(question.wordings) >= 2, question.name
+    keys = {}
+    for question in TABLE_QUESTIONS:
+        assert keys.setdefault((question.table, question.fact), question.key) == question.key, question.name
+    assert len({question.name for question in TABLE_QUESTIONS}) == len(TABLE_QUESTIONS)
+    assert [r.name for r in facts.table_relations(facts.load_tables())] == [q.name for q in TABLE_QUESTIONS]
