@@ -1,6 +1,7 @@
 # Reporting: the accuracy and logit-lens tables, the figures of each model and, with two or more models, the
 # figures across models (their captions: workflow/report/).
 from repgeom.plots import COMPARISON_LABELS, COMPARISON_NAMES, FIGURE_LABELS
+from repgeom.workflow.captions import caption_values
 from repgeom.workflow.plan import compared_conditions
 
 
@@ -65,6 +66,7 @@ rule variant_figure:
         ),
     params:
         provenance=provenance("variant_figure", []),
+        caption=caption_values(config),
     threads: job_threads("plot")
     resources:
         **job_resources("plot"),
@@ -104,6 +106,7 @@ rule model_figures:
         out_dir=lambda wc: f"{RESULTS}/figures/{wc.model}",
         checkpoints=lambda wc: " ".join(f"{method}={path}" for method, path in sorted(training_runs(wc.model).items())),
         settings=as_json(config["analysis"]["params"]),
+        caption=caption_values(config),
     threads: job_threads("plot")
     resources:
         **job_resources("plot"),
@@ -153,6 +156,7 @@ if COMPARISON_FIGURES:
             ],
             settings=as_json(config["analysis"]["params"]),
             out_dir=lambda wc, output: Path(output[0]).parent,
+            caption=caption_values(config),
         threads: job_threads("plot")
         resources:
             **job_resources("plot"),
