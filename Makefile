@@ -33,5 +33,10 @@ run: install
 test: install-test
 	. $(VENV)/bin/activate && pytest $(PYTEST_ARGS)
 
+# The tests not marked slow (pytest -m "not slow": no workflow runs), in a few minutes.
+.PHONY: test-fast
+test-fast: install-test
+	. $(VENV)/bin/activate && pytest -m "not slow" $(PYTEST_ARGS)
+
 clean:
 	rm -rf results .snakemake

@@ -1,6 +1,8 @@
 """Sizing analysis jobs: the memory the workflow asks for covers a real layer's analysis."""
+import pytest
 
 
+@pytest.mark.slow
 def test_layer_memory_bounds_a_real_analysis():
     """The job size the workflow asks for covers the peak memory of analysing one layer, in a process set up as the
     analysis entry point sets it (freed memory kept) and analysing layers one after another, as a job does."""
