@@ -239,7 +239,6 @@ def cluster():
 @pytest.fixture(scope="module")
 def runs(cluster, tmp_path_factory):
     """Runs A, B (killed, resumed), C and D at once; see the module docstring."""
-    began = time.monotonic()
     base = tmp_path_factory.mktemp("slurm")
     config = shrunk_config()
     ref, intr = write_config(base / "reference", config), write_config(base / "interrupted", config)
@@ -316,7 +315,7 @@ def runs(cluster, tmp_path_factory):
         "outcome": outcome, "killed_log": killed_log, "interrupted_id": interrupted_id,
         "cancelled_running": cancelled_running, "cancelled_states": cancelled_states, "done_in_job": done_in_job,
         "finished_before_kill": finished_before_kill, "missing": missing, "resumed": resumed,
-        "batch": (batch_fields, batch_out), "seconds": time.monotonic() - began,
+        "batch": (batch_fields, batch_out),
     }
 
 
@@ -444,8 +443,3 @@ def test_resumed_outputs_equal_an_uninterrupted_run(runs):
         pd.testing.assert_frame_equal(a.drop(columns=clock), b.drop(columns=clock), check_exact=True, obj=name)
         if not clock:
             assert path.read_bytes() == resumed[name].read_bytes(), name
-
-
-@pytest.mark.slow
-def test_cluster_test_wall_time(runs):
-    print(f"Slurm cluster runs took {runs['seconds']:.0f} s")
