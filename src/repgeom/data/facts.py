@@ -29,7 +29,6 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from repgeom.data.fact_questions import TABLE_QUESTIONS, TableQuestion
 from repgeom.data.mmlu import CSV_SPLIT_NAMES, DatasetError
 from repgeom.letters import ANSWER_LETTERS
 from repgeom.errors import InputError
@@ -74,6 +73,23 @@ TABLES = {
     "si_prefixes": TableSpec(("prefix", "symbol", "factor"), ("prefix", "symbol", "factor")),
     "instruments": TableSpec(("instrument", "measures"), ("instrument", "measures")),
 }
+
+QUESTIONS_FILE = "questions.yaml"
+
+
+@dataclass(frozen=True)
+class TableQuestion:
+    """Questions "`ask` -> `answer`" over the rows of table `table`, in several wordings (`{x}`: the asked value;
+    `{the_x}`, `{a_x}`, `{A_x}`: with an article); one record of `questions.yaml` beside the tables."""
+    subject: str
+    name: str
+    fact: str              # what is asked about; the same for a relation and its inverse
+    table: str
+    ask: str               # the column the question names
+    answer: str            # the column that answers it
+    key: str               # the column naming the fact's row (the same for a relation and its inverse)
+    wordings: tuple[str, ...]
+    near: str | None = None  # a rule of NEAR_ANSWERS: plausible wrong answers, drawn first
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -130,6 +146,31 @@ def read_table(name: str, tables_dir: str | Path | None = None) -> list[dict[str
     if not rows:
         raise FactsTableError(f"{where}: the table has a header but no rows")
     return rows
+
+
+def load_questions(path: str | Path | None = None) -> list[TableQuestion]:
+    """The questions asked of the tables (default: the shipped `questions.yaml` beside them; a list of records with
+    TableQuestion's fields), or FactsTableError naming the file and the record."""
+    import yaml
+
+    path = resources.files("repgeom").joinpath("resources", "facts", QUESTIONS_FILE) if path is None else Path(path)
+    try:
+        records = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise FactsTableError(f"{path}: the questions file is unreadable ({err})") from None
+    if not isinstance(records, list):
+        raise FactsTableError(f"{path}: expected a list of question records, got {type(records).__name__}")
+    questions = []
+    for number, record in enumerate(records, 1):
+        try:
+            question = TableQuestion(**{**record, "wordings": tuple(record.get("wordings") or ())})
+        except (TypeError, AttributeError) as err:
+            raise FactsTableError(f"{path}: record {number} is not a question ({err})") from None
+        if question.table not in TABLES or question.near not in (None, *NEAR_ANSWERS) or not question.wordings:
+            raise FactsTableError(f"{path}: record {number} ({question.name}) names an unknown table or near rule, "
+                                  "or has no wording")
+        questions.append(question)
+    return questions
 
 
 def load_tables(tables_dir: str | Path | None = None) -> dict[str, list[dict[str, str]]]:
@@ -281,9 +322,9 @@ NEAR_ANSWERS: dict[str, Callable[[list[dict], TableQuestion, dict], list[str]]] 
 }
 
 
-def table_relations(tables: dict) -> list[Relation]:
-    """Every relation of `fact_questions.TABLE_QUESTIONS` over the loaded tables, in that order."""
-    return [table_relation(question, tables[question.table]) for question in TABLE_QUESTIONS]
+def table_relations(tables: dict, questions: list[TableQuestion] | None = None) -> list[Relation]:
+    """Every relation of the questions (default: the shipped `load_questions()`) over the loaded tables, in order."""
+    return [table_relation(question, tables[question.table]) for question in questions or load_questions()]
 
 
 def _number_item(relation: str, fact: tuple, fields: dict, gold: int, candidates) -> Item:
