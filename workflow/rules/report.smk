@@ -1,5 +1,7 @@
 # Reporting: the accuracy and logit-lens tables, the figures of each model and, with two or more models, the
 # figures across models (their captions: workflow/report/).
+from pathlib import Path
+
 from repgeom.plots import COMPARISON_LABELS, COMPARISON_NAMES, FIGURE_LABELS
 from repgeom.workflow.captions import caption_values
 from repgeom.workflow.plan import compared_conditions
