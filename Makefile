@@ -11,7 +11,7 @@ SLURM_PLUGIN := 2.8.0
 
 KIT ?= .gpu-kit
 
-.PHONY: run test install install-test clean gpu-kit
+.PHONY: run test test-fast install install-test clean gpu-kit
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -42,6 +42,10 @@ test: install-test
 # Versions as this environment has them; deepspeed built without ops, dadapy as its source (built on the machine).
 gpu-kit: $(VENV)/.installed
 	PY=$(PY) KIT=$(KIT) bash benchmarks/gpu_kit.sh
+
+# The tests not marked slow (pytest -m "not slow": no workflow runs), in a few minutes.
+test-fast: install-test
+	. $(VENV)/bin/activate && pytest -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf results .snakemake

@@ -72,7 +72,7 @@ def extract_group(model_dir, prompts_file, out_dir, adapter=None, **settings):
     """Extract in this process into OUT_DIR/store.zarr group m/c: (store, [N, L+1, D] layers, accuracy frame)."""
     import numpy as np
 
-    from repgeom.extract.run import ExtractionJob, ExtractionSettings
+    from repgeom.extract.job import ExtractionJob, ExtractionSettings
     from repgeom.store import n_layers, read_layer
 
     store, accuracy = out_dir / "store.zarr", out_dir / "acc.parquet"

@@ -182,7 +182,7 @@ def test_real_layer_agrees_with_dadapy(default_run):
     """On a layer extracted by the default run, the project's path equals DADApy's own."""
     from sklearn.metrics import adjusted_rand_score
 
-    from repgeom.analysis.layer import analyze_layer
+    from repgeom.analysis.layer import layer_metric_rows
     from repgeom.analysis.neighbors import deduplicate
     from repgeom.analysis.params import AnalysisParams
     from repgeom.analysis.geometry import dadapy_reference
@@ -191,7 +191,7 @@ def test_real_layer_agrees_with_dadapy(default_run):
     workdir, config = default_run
     params = AnalysisParams.coerce(config["analysis"]["params"])
     X, labels = read_layer(workdir / "results/activations.zarr", "tiny-llama/2shot", 3)
-    rows = {(r["metric"], r["scale"]): r["value"] for r in analyze_layer(X, labels, params)}
+    rows = {(r["metric"], r["scale"]): r["value"] for r in layer_metric_rows(X, labels, params)}
     unique, kept, _ = deduplicate(X.astype("float64"))
     reference = dadapy_reference(unique, labels.iloc[kept].reset_index(drop=True), params)
 

@@ -87,43 +87,48 @@ def test_a_bug_in_a_subprocess_keeps_its_traceback():
     assert "Traceback" in done.stderr and "reshape" in done.stderr and "repgeom.test: error:" not in done.stderr
 
 
-def _input_error_classes():
-    from repgeom.analysis.layer import AnalysisInputError
-    from repgeom.data.facts import FactsPoolError, FactsTableError
-    from repgeom.data.mmlu import DatasetError
-    from repgeom.extract.hooks import UnsupportedArchitecture
-    from repgeom.extract.run import PromptSetError
-    from repgeom.finetune.params import FinetuneError
-    from repgeom.finetune.trainer import FinetuneLocked
-    from repgeom.launch import LaunchError
-    from repgeom.locks import LockedError
-    from repgeom.models.gguf import GgufImportError
-    from repgeom.models.loading import ModelLoadError
-    from repgeom.plots.inputs import InputError as FigureInputError
-    from repgeom.provenance.records import RecordError
-    from repgeom.store.layout import StoreError
+def _repgeom_modules() -> list:
+    """Every module of repgeom except the `__main__` ones (importing those runs them)."""
+    import importlib
+    import pkgutil
 
-    return [AnalysisInputError, DatasetError, FactsPoolError, FactsTableError, FinetuneError, FinetuneLocked,
-            FigureInputError, GgufImportError, LaunchError, LockedError, ModelLoadError, PromptSetError, RecordError,
-            StoreError, UnsupportedArchitecture]
+    import repgeom
+
+    return [importlib.import_module(info.name) for info in pkgutil.walk_packages(repgeom.__path__, "repgeom.")
+            if not info.name.endswith("__main__")]
 
 
-@pytest.mark.parametrize("error", _input_error_classes(), ids=lambda c: f"{c.__module__}.{c.__name__}")
+def _subclasses(cls: type) -> set[type]:
+    return {sub for direct in cls.__subclasses__() for sub in {direct, *_subclasses(direct)}}
+
+
+def _name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+MODULES = _repgeom_modules()
+# Exceptions of repgeom that are no bad input: handled where they are raised, or a bug to keep its traceback.
+INTERNAL_ERRORS = {"repgeom.analysis.geometry.ClusteringError", "repgeom.plots.registry.NoData"}
+
+
+@pytest.mark.parametrize("error", sorted(_subclasses(InputError), key=_name), ids=_name)
 def test_every_bad_input_class_is_an_input_error(error):
-    assert issubclass(error, InputError) and issubclass(error, ValueError)
+    """Walks InputError's subclasses (every repgeom module imported): each is a ValueError too, for callers that
+    catch ValueError."""
+    assert issubclass(error, ValueError)
+
+
+def test_every_exception_repgeom_defines_is_an_input_error_or_named_internal():
+    defined = {_name(value): value for module in MODULES for value in vars(module).values()
+               if isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == module.__name__}
+    assert "repgeom.workflow.models.ModelConfigError" in defined and "repgeom.conditions.ConditionError" in defined
+    assert {name for name, error in defined.items() if not issubclass(error, InputError)} == INTERNAL_ERRORS
 
 
 @pytest.mark.parametrize("name", ["ModelLoadError", "StoreError", "UnsupportedArchitecture"])
 def test_former_runtime_errors_still_are_runtime_errors(name):
-    error = {c.__name__: c for c in _input_error_classes()}[name]
+    error = {c.__name__: c for c in _subclasses(InputError)}[name]
     assert issubclass(error, RuntimeError)
-
-
-def test_internal_errors_are_not_input_errors():
-    from repgeom.analysis.geometry import ClusteringError
-    from repgeom.provenance.wrapper import JobError
-
-    assert not issubclass(ClusteringError, InputError) and not issubclass(JobError, InputError)
 
 
 @pytest.mark.parametrize("module", ["repgeom.data", "repgeom.models", "repgeom.extract", "repgeom.finetune",
@@ -133,6 +138,90 @@ def test_every_entry_point_runs_under_the_wrapper(module):
 
     main = importlib.import_module(module if module == "repgeom.launch" else f"{module}.__main__").main
     assert getattr(main, "__wrapped__", None) is not None, f"{module}.main is not an @entry_point"
+
+
+def test_the_repgeom_command_keeps_the_contract(tmp_path, capsys):
+    """`repgeom run` and `repgeom audit` (the eighth entry point) run each subcommand under `run_main`: bad input is
+    one `error:` line and exit 1, a usage error exits 2."""
+    from repgeom.provenance.cli import main
+
+    assert main(["run", "--meta", "{not json", "--", "true"]) == 1
+    assert capsys.readouterr().err.startswith("repgeom run: error: --meta is not valid JSON (")
+    assert main(["audit", str(tmp_path / "nowhere")]) == 1
+    assert capsys.readouterr().err == f"repgeom audit: error: results folder {tmp_path / 'nowhere'} does not exist\n"
+    assert main(["nope"]) == 2 and "repgeom: error: unknown command 'nope'" in capsys.readouterr().err
+
+
+BAD_JSON = "{not: json"
+# Each entry point's command with a `--*-json` option (or --meta) given bad JSON, everything else as the workflow
+# gives it (paths that need not exist: the option is read first).
+JSON_OPTIONS = {
+    "data generate --params-json": ("repgeom.data.__main__", "repgeom.data",
+                                    ["generate", "--out", "o", "--params-json", BAD_JSON]),
+    "data sample --dataset-json": ("repgeom.data.__main__", "repgeom.data",
+                                   ["sample", "--dataset-json", BAD_JSON, "--max-per-subject", "1",
+                                    "--finetune-max-per-subject", "1", "--seed", "0", "--questions-out", "q",
+                                    "--subset-out", "s", "--finetune-out", "f"]),
+    "models build --params-json": ("repgeom.models.__main__", "repgeom.models",
+                                   ["build", "--corpus", "c.json", "--params-json", BAD_JSON, "--out", "m",
+                                    "--log-out", "l"]),
+    "models import --source-json": ("repgeom.models.__main__", "repgeom.models",
+                                    ["import", "--source-json", BAD_JSON, "--out", "m"]),
+    "finetune --params-json": ("repgeom.finetune.__main__", "repgeom.finetune",
+                               ["--model", "m", "--train", "t", "--out", "o", "--params-json", BAD_JSON,
+                                "--deepspeed", "zero2"]),
+    "analysis layers --params-json": ("repgeom.analysis.__main__", "repgeom.analysis",
+                                      ["layers", "--store", "s", "--group", "m/c", "--layers", "0", "--params-json",
+                                       BAD_JSON, "--out", "o", "--neighbors-out", "n"]),
+    "plots figures --settings-json": ("repgeom.plots.__main__", "repgeom.plots",
+                                      ["figures", "--metrics", "m", "--lens", "l", "--overlap", "o", "--accuracy",
+                                       "a", "--model", "m", "--settings-json", BAD_JSON, "--out-dir", "d"]),
+    "plots compare-models --settings-json": ("repgeom.plots.__main__", "repgeom.plots",
+                                             ["compare-models", "--metrics", "m", "--lens", "l", "--models", "a",
+                                              "--conditions", "0shot", "--settings-json", BAD_JSON, "--out-dir", "d"]),
+    "repgeom run --meta": ("repgeom.provenance.cli", "repgeom run", ["run", "--meta", BAD_JSON, "--", "true"]),
+}
+
+
+@pytest.mark.parametrize("case", list(JSON_OPTIONS))
+def test_bad_json_in_any_option_is_one_line_and_exit_1(case, tmp_path, monkeypatch, capsys):
+    """Every `--*-json` option is read by `errors.json_option`: bad JSON is the same one line everywhere."""
+    import importlib
+
+    module, prog, argv = JSON_OPTIONS[case]
+    option = case.split()[-1]
+    monkeypatch.chdir(tmp_path)
+    assert importlib.import_module(module).main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{prog}: error: {option} is not valid JSON (") and err.count("\n") == 1, err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("text, value", [('{"a": 1}', {"a": 1}), ("@FILE", {"b": [2]}), ("FILE", {"b": [2]})])
+def test_json_option_reads_json_or_a_file(tmp_path, text, value):
+    from repgeom.errors import json_option
+
+    (tmp_path / "v.json").write_text('{"b": [2]}')
+    assert json_option(text.replace("FILE", str(tmp_path / "v.json")), "--x-json") == value
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{a: 1}", "--x-json is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
+               "(char 1)): '{a: 1}'"),
+    ("[1]", "--x-json must be a JSON object, not list"),
+    ("missing.json", "--x-json: 'missing.json' is neither JSON nor an existing JSON file"),
+    ("@missing.json", "--x-json: cannot read 'missing.json': [Errno 2] No such file or directory: 'missing.json'"),
+])
+def test_json_option_errors_name_the_option(tmp_path, monkeypatch, text, message):
+    from repgeom.errors import json_option
+    from repgeom.finetune.params import FinetuneError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError) as caught:
+        json_option(text, "--x-json")
+    assert str(caught.value) == message
+    with pytest.raises(FinetuneError):
+        json_option(text, "--x-json", FinetuneError)
 
 
 def test_launch_bad_gpu_count_is_one_line_and_exit_1(capsys, monkeypatch):

@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 from helpers import ROOT, run_snakemake
 
+pytestmark = pytest.mark.slow  # every test runs `snakemake --lint`
+
 CONFIGS = [None, *sorted((ROOT / "config").glob("paper_*.yaml"))]
 
 

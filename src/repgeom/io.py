@@ -1,4 +1,4 @@
-"""Atomic writes: an artifact appears under its final name only once it is complete."""
+"""Atomic writes (an artifact appears under its final name only once it is complete), and reading parquet files."""
 from __future__ import annotations
 
 import json
@@ -54,3 +54,10 @@ def read_parquet_table(path: str | Path, what: str, error: type[Exception], colu
     if missing:
         raise error(f"{what} {str(path)!r} lacks column(s) {missing}; it has {list(frame.columns)}")
     return frame
+
+
+def parquet_rows(path: str | Path) -> int:
+    """The number of rows of a parquet file, from its footer (nothing else is read)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(path).num_rows

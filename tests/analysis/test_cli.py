@@ -10,10 +10,10 @@ from dadapy import Data
 
 import repgeom.store
 from repgeom.analysis.geometry import data_overlap
-from repgeom.analysis.layer import analyze_layer
+from repgeom.analysis.layer import layer_metric_rows
 from repgeom.analysis.neighbor_artifact import NeighborArtifact, layer_neighbors
 from repgeom.analysis.neighbors import deduplicate, knn
-from repgeom.analysis.overlap import OverlapSide, data_overlap_distinct
+from repgeom.analysis.overlap import OverlapSide, pair_overlap
 from repgeom.analysis.__main__ import main, parse_layers
 
 N_LAYERS = 3
@@ -65,7 +65,7 @@ def test_layers_end_to_end(store, tmp_path):
     assert str(table["scale"].dtype) == "Int64" and str(table["layer"].dtype) == "int64"
     assert (table["model"] == "tiny").all() and (table["condition"] == "base").all()
     X, meta = data["tiny/base"][2]
-    expected = pd.DataFrame(analyze_layer(X, meta, {"maxk": 100, "local_id_neighbors": 32}, layer=2))
+    expected = pd.DataFrame(layer_metric_rows(X, meta, {"maxk": 100, "local_id_neighbors": 32}, layer=2))
     got = table[table.layer == 2].reset_index(drop=True)
     assert got["metric"].tolist() == expected["metric"].tolist()
     np.testing.assert_allclose(got["value"], expected["value"], rtol=1e-12)
@@ -235,6 +235,13 @@ def with_duplicate_pairs(A: np.ndarray, B: np.ndarray, n_pairs: int = 6, seed: i
         source, copy = np.minimum(first, second), np.maximum(first, second)  # the copy comes later
         X[copy] = X[source]
     return A, B, np.sort(np.maximum(pick[:, 0], pick[:, 1]).ravel())
+
+
+def data_overlap_distinct(A: np.ndarray, B: np.ndarray, k: int) -> tuple[float, int, str]:
+    """chi_k between representations A and B of the same rows, on the rows distinct in both (`pair_overlap`), from
+    the neighbours each side's layer analysis keeps (2k)."""
+    sides = [OverlapSide(layer_neighbors(X, 2 * k), k, reload=lambda X=X: X) for X in (A, B)]
+    return pair_overlap(*sides, k)
 
 
 def dadapy_on_distinct_rows(A: np.ndarray, B: np.ndarray, k: int) -> tuple[float, int]:

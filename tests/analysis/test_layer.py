@@ -1,4 +1,4 @@
-"""analyze_layer: the full metric set, its agreement with DADApy's path, and every bad input."""
+"""The analysis of one layer (layer_analysis, layer_metric_rows): the full metric set, its agreement with DADApy's path, and every bad input."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import pytest
 from dadapy import Data
 
 from repgeom.analysis.geometry import dadapy_reference
-from repgeom.analysis.layer import AnalysisInputError, analyze_layer, layer_analysis
+from repgeom.analysis.layer import AnalysisInputError, layer_analysis, layer_metric_rows
 from repgeom.analysis.neighbor_artifact import layer_neighbors
 from repgeom.analysis.params import AnalysisParams
 from repgeom.analysis.layer import LOCAL_ID_STATS
@@ -32,7 +32,7 @@ def mixture_table(mixture_data):
     X, labels = mixture_data
     X = X.copy()
     X[7] = X[3]  # one duplicate row
-    return as_table(analyze_layer(X.astype(np.float32), labels, PARAMS, layer=5))
+    return as_table(layer_metric_rows(X.astype(np.float32), labels, PARAMS, layer=5))
 
 
 def test_metric_set_is_complete(mixture_table):
@@ -87,7 +87,7 @@ def test_the_layers_neighbours_are_kept_for_the_overlap(mixture_data):
 
 def test_known_dimension(sphere5):
     labels = pd.DataFrame({"subject": ["s"] * len(sphere5), "gold": list("ABCD") * (len(sphere5) // 4)})
-    t = as_table(analyze_layer(sphere5, labels, {"maxk": 130}))
+    t = as_table(layer_metric_rows(sphere5, labels, {"maxk": 130}))
     assert value(t, "id_twonn", 2).value == pytest.approx(5, rel=0.1)
     assert value(t, "id_gride", 32).value == pytest.approx(5, rel=0.1)
     assert value(t, "local_id_mean", 128).value == pytest.approx(5, rel=0.1)
@@ -102,28 +102,28 @@ def test_nan_or_inf_names_layer_and_row():
     X[17, 3] = np.nan
     X[30, 0] = np.inf
     with pytest.raises(AnalysisInputError, match=r"layer 12: 2 row\(s\) hold NaN or inf, the first is row 17 \(column 3"):
-        analyze_layer(X, labels_for(40), layer=12)
+        layer_metric_rows(X, labels_for(40), layer=12)
 
 
 def test_label_length_and_columns_are_checked():
     X = np.random.default_rng(0).standard_normal((40, 8))
     with pytest.raises(AnalysisInputError, match="layer 3: 36 label rows for 40 representation rows"):
-        analyze_layer(X, labels_for(36), layer=3)
+        layer_metric_rows(X, labels_for(36), layer=3)
     with pytest.raises(AnalysisInputError, match=r"lack column\(s\) \['gold'\]"):
-        analyze_layer(X, labels_for(40)[["subject"]])
+        layer_metric_rows(X, labels_for(40)[["subject"]])
     bad = labels_for(40)
     bad.loc[9, "gold"] = None
     with pytest.raises(AnalysisInputError, match="'gold' is missing at row 9"):
-        analyze_layer(X, bad)
+        layer_metric_rows(X, bad)
     with pytest.raises(ValueError, match=r"unknown analysis parameter\(s\) \['max_k'\]"):
-        analyze_layer(X, labels_for(40), {"max_k": 5})
+        layer_metric_rows(X, labels_for(40), {"max_k": 5})
 
 
 def test_fewer_distinct_points_than_maxk_clamps_and_says_so():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((200, 16))
     X[100:] = X[:100]  # 100 distinct points
-    t = as_table(analyze_layer(X, labels_for(200), {"maxk": 1000, "local_id_neighbors": 50}))
+    t = as_table(layer_metric_rows(X, labels_for(200), {"maxk": 1000, "local_id_neighbors": 50}))
     assert value(t, "n_duplicates").value == 100
     row = value(t, "maxk_used")
     assert row.value == 99 and row.note == "clamped from 1000: only 100 distinct points"
@@ -136,7 +136,7 @@ def test_fewer_distinct_points_than_maxk_clamps_and_says_so():
 def test_tiny_layer_records_nan_with_reasons():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((40, 8))
-    t = as_table(analyze_layer(X, labels_for(40), {"maxk": 1000, "local_id_neighbors": 128}))
+    t = as_table(layer_metric_rows(X, labels_for(40), {"maxk": 1000, "local_id_neighbors": 128}))
     gride = t[t.metric == "id_gride"]
     assert gride["value"].notna().tolist() == [True] * 5 + [False]
     assert gride.iloc[5].note == "needs rank 64 > maxk_used 39"
@@ -147,7 +147,7 @@ def test_tiny_layer_records_nan_with_reasons():
 
 def test_single_distinct_point_gives_nan_everywhere_but_counts():
     X = np.ones((40, 8))  # e.g. layer 0: every prompt ends with the same token
-    t = as_table(analyze_layer(X, labels_for(40), layer=0))
+    t = as_table(layer_metric_rows(X, labels_for(40), layer=0))
     assert value(t, "n_points").value == 40 and value(t, "n_duplicates").value == 39
     geometry_rows = t[~t.metric.isin(["n_points", "n_duplicates", "maxk_used"])]
     assert geometry_rows["value"].isna().all()
@@ -165,7 +165,7 @@ def test_adp_label_bug_is_recorded_not_raised(monkeypatch, mixture_data):
         labels[0] = 7
         return labels
     monkeypatch.setattr(Data, "compute_clustering_ADP", buggy)
-    t = as_table(analyze_layer(X[:500], labels[:500], {"maxk": 100}))
+    t = as_table(layer_metric_rows(X[:500], labels[:500], {"maxk": 100}))
     for metric in ("n_clusters", "ari_subject", "ari_letter", "core_fraction"):
         row = value(t, metric)
         assert math.isnan(row.value) and "label outside [" in row.note and "point 0: 7" in row.note
@@ -178,8 +178,8 @@ def test_half_precision_inputs_are_analysed_in_float64():
     params = {"maxk": 20, "local_id_neighbors": 16}
     for dtype in (np.float16, ml_dtypes.bfloat16):
         low = X.astype(dtype)
-        got = pd.DataFrame(analyze_layer(low, labels_for(64), params))
-        expected = pd.DataFrame(analyze_layer(low.astype(np.float64), labels_for(64), params))
+        got = pd.DataFrame(layer_metric_rows(low, labels_for(64), params))
+        expected = pd.DataFrame(layer_metric_rows(low.astype(np.float64), labels_for(64), params))
         pd.testing.assert_frame_equal(got, expected)
     with pytest.raises(AnalysisInputError, match="expected a non-empty numeric array"):
-        analyze_layer(np.array([["a", "b"]] * 4), labels_for(4))
+        layer_metric_rows(np.array([["a", "b"]] * 4), labels_for(4))

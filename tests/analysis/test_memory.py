@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test starts a Python process
+
 SCRIPT = """
 import contextlib, ctypes, io, resource, runpy, sys
 from repgeom.analysis.memory import keep_freed_memory

@@ -235,3 +235,31 @@ def test_too_many_questions_names_the_subject(tmp_path):
         facts.generate(tmp_path / "big", seed=0, n_dev=5, n_validation=20, n_test=n_test)
     with pytest.raises(ValueError, match="n_test must be a positive integer"):
         facts.generate(tmp_path / "zero", seed=0, n_dev=5, n_validation=20, n_test=0)
+
+
+def test_every_table_question_names_its_table_columns_and_near_rule():
+    """The questions are data (`questions.yaml` beside the tables): each names a shipped table, columns of it and a
+    near-answer rule that exists; a relation and its inverse ask about one fact, keyed by the same column."""
+    questions = facts.load_questions()
+    for question in questions:
+        columns = facts.TABLES[question.table].columns
+        assert {question.ask, question.answer, question.key} <= set(columns), question.name
+        assert question.subject in facts.SUBJECT_AREAS and len(question.wordings) >= 2, question.name
+    keys = {}
+    for question in questions:
+        assert keys.setdefault((question.table, question.fact), question.key) == question.key, question.name
+    assert len({question.name for question in questions}) == len(questions) == 27
+    assert [r.name for r in facts.table_relations(facts.load_tables())] == [q.name for q in questions]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("- {subject: geography, name: x}", "record 1 is not a question"),
+    ("- {subject: geography, name: x, fact: f, table: planets, ask: a, answer: b, key: a, wordings: [w]}",
+     "record 1 (x) names an unknown table or near rule"),
+    ("{not: a list}", "expected a list of question records, got dict"),
+    ("- [unclosed", "the questions file is unreadable"),
+])
+def test_a_malformed_questions_file_is_named(tmp_path, text, message):
+    (tmp_path / "questions.yaml").write_text(text)
+    with pytest.raises(facts.FactsTableError, match=re.escape(message)):
+        facts.load_questions(tmp_path / "questions.yaml")

@@ -78,6 +78,7 @@ def test_bad_mask_stops_the_command_in_one_line(dataset, tmp_path, caplog):
     assert not list(tmp_path.glob("*.parquet"))
 
 
+@pytest.mark.slow
 def test_sample_job_reads_the_mask_by_the_configs_path(tmp_path):
     """An input (a changed mask re-runs `sample`; the wrapper hashes it into the record), named as the config
     names it: no absolute path in the command or the parameters Snakemake compares between runs."""

@@ -6,11 +6,10 @@ import shutil
 
 import pytest
 import torch
-import zarr
 from safetensors.torch import load_file, save_file
 
-from repgeom.extract.model_setup import adapter_fingerprint, legacy_adapter_fingerprint
-from repgeom.extract.run import ExtractionJob, ExtractionSettings
+from repgeom.extract.model_setup import adapter_fingerprint
+from repgeom.extract.job import ExtractionJob, ExtractionSettings
 from repgeom.store import group_attrs
 
 
@@ -39,7 +38,6 @@ def test_config_order_does_not_change_the_fingerprint(adapters):
     rewrite_config(first, lambda c: {**c, "target_modules": sorted(c["target_modules"])})
     rewrite_config(second, reorder_targets)
     assert (first / "adapter_config.json").read_bytes() != (second / "adapter_config.json").read_bytes()
-    assert legacy_adapter_fingerprint(str(first)) != legacy_adapter_fingerprint(str(second))  # the bug: bytes
     assert fingerprint_of(first) == fingerprint_of(second)
 
 
@@ -76,17 +74,3 @@ def test_a_resaved_adapter_still_extracts_into_its_group(adapters, tiny_llama_di
     assert group_attrs(store, "m/ft")["adapter"] == stored
     assert before == {p: p.stat().st_mtime_ns for p in store.rglob("*")}
 
-
-def test_a_group_of_the_byte_level_fingerprint_still_resumes(adapters, tiny_llama_dir, prompts_file, tmp_path, caplog):
-    """Groups extracted before the fingerprint was canonical keep working while their adapter folder is unchanged."""
-    adapter, _ = adapters
-    store = tmp_path / "store.zarr"
-    extract(tiny_llama_dir, prompts_file, store, adapter)
-    legacy = legacy_adapter_fingerprint(str(adapter))
-    zarr.open_group(str(store), mode="r+")["m/ft"].attrs["adapter"] = legacy
-    caplog.clear()
-    with caplog.at_level("INFO", logger="repgeom.extract"):
-        extract(tiny_llama_dir, prompts_file, store, adapter)
-    assert "under the older byte-level fingerprint; keeping that" in caplog.text
-    assert "row chunks to compute" not in caplog.text
-    assert group_attrs(store, "m/ft")["adapter"] == legacy

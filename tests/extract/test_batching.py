@@ -3,9 +3,8 @@ import numpy as np
 import pytest
 
 from repgeom.extract.batching import (TokenSample, encode_prompts, first_token_index, last_token_index,
-                                      length_batches, pad_batch, position_ids, shared_prefix_groups,
+                                      length_batches, pad_batch, plan_chunk, position_ids, shared_prefix_groups,
                                       truncate_left)
-from repgeom.extract.run import plan_chunk
 from repgeom.store.layout import chunk_rows
 
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from repgeom.extract.__main__ import main
-from repgeom.extract.run import ExtractionJob
+from repgeom.extract.job import ExtractionJob
 from repgeom.locks import LockedError, exclusive_lock, rank_lock_path, rank_locks
 
 HOLD = """

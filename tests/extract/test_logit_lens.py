@@ -12,7 +12,7 @@ import zarr
 from transformers import AutoModelForCausalLM
 
 from repgeom.extract.accuracy import LENS_COLUMNS, lens_frame
-from repgeom.extract.run import ExtractionJob, ExtractionSettings
+from repgeom.extract.job import ExtractionJob, ExtractionSettings
 from repgeom.models.loading import load_tokenizer
 from repgeom.store import read_layer, read_letter_lens
 from repgeom.store.writing import CHUNK_SHA256, CODECS

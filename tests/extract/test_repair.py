@@ -8,7 +8,7 @@ import pytest
 import zarr
 from helpers import TWO_RANKS
 
-from repgeom.extract.run import ExtractionJob, ExtractionSettings
+from repgeom.extract.job import ExtractionJob, ExtractionSettings
 from repgeom.provenance import zarr_group_hash
 from repgeom.store import group_attrs
 

@@ -81,3 +81,44 @@ def test_shared_prefixes_under_a_lora_adapter(tiny_llama_dir, lora_dir, few_shot
     shared, whole = extract_both(extract, tiny_llama_dir, few_shot_prompts, tmp_path, caplog, adapter=lora_dir,
                                  chunk_rows=20)
     assert_same_extraction(shared, whole)
+
+
+def test_each_batch_continues_the_prefix_cache_without_changing_or_deep_copying_it(tiny_llama_dir, monkeypatch):
+    """Batches of several sizes continue one prefix's cache: each gets the prefix's keys and values repeated for its
+    rows (`forward.repeated_cache`), as a deep copy gave them, bit for bit, while the prefix's own cache keeps its
+    tensors (the same objects, the same values) for the next batch, and no tensor of it is deep-copied."""
+    import copy
+
+    import torch
+
+    from repgeom.extract.forward import repeated_cache
+    from repgeom.models.loading import load_model
+
+    model = load_model(str(tiny_llama_dir), dtype="float32")
+    prefix = torch.arange(5, 25).unsqueeze(0)
+    with torch.no_grad():
+        cache = model(input_ids=prefix, use_cache=True).past_key_values
+    kept = [(layer.keys, layer.values) for layer in cache.layers]
+    values = [(keys.clone(), vals.clone()) for keys, vals in kept]
+
+    def continue_prefix(past, rows):
+        ids = torch.arange(30, 30 + 4 * rows).reshape(rows, 4)
+        with torch.no_grad():
+            return model(input_ids=ids, past_key_values=past, use_cache=True).logits
+
+    expected = {}
+    for rows in (3, 1, 5):  # as the old code did it: a deep copy of the whole cache for each batch
+        past = copy.deepcopy(cache)
+        past.batch_repeat_interleave(rows)
+        expected[rows] = continue_prefix(past, rows)
+
+    def no_deep_copy(tensor, memo):
+        raise AssertionError("a tensor of the prefix cache was deep-copied")
+
+    monkeypatch.setattr(torch.Tensor, "__deepcopy__", no_deep_copy)
+    for rows in (3, 1, 5):
+        assert torch.equal(continue_prefix(repeated_cache(cache, rows), rows), expected[rows])
+        for layer, (keys, vals), (key_values, value_values) in zip(cache.layers, kept, values):
+            assert layer.keys is keys and layer.values is vals, "the prefix's cache was given other tensors"
+            assert torch.equal(keys, key_values) and torch.equal(vals, value_values), "the prefix's cache was written"
+    assert cache.get_seq_length() == prefix.shape[1]

@@ -11,7 +11,7 @@ import pytest
 
 @pytest.mark.slow
 def test_one_lora_step_and_its_extraction(smollm2_dir, make_finetune_frame, cli, deepspeed_configs, tmp_path):
-    from repgeom.extract.run import ExtractionJob, ExtractionSettings
+    from repgeom.extract.job import ExtractionJob, ExtractionSettings
     from repgeom.store import read_layer
 
     train = tmp_path / "finetune_set.parquet"

@@ -1,5 +1,7 @@
 """The report's captions render, as `snakemake --report` renders them (Jinja, then docutils), without a docutils
-warning, for the shipped configs and for a run without fine-tuning or prompt controls; and they state the settings."""
+warning, for the shipped configs and for a run without fine-tuning or prompt controls; they state the settings, and
+take what is derived from the config from the rule's params (`repgeom.workflow.captions`), not from formulas of
+their own."""
 import copy
 import types
 from pathlib import Path
@@ -10,6 +12,7 @@ from docutils.core import publish_parts
 from jinja2 import Environment
 
 from repgeom.plots import FIGURE_NAMES
+from repgeom.workflow.captions import LAYER_BY_HOOK, caption_values
 
 ROOT = Path(__file__).resolve().parents[2]
 REPORT = ROOT / "workflow" / "report"
@@ -17,10 +20,12 @@ CONFIGS = ["config.yaml", "tiny.yaml", "paper_llama3_8b.yaml", "paper_llama3_70b
 
 
 def render(name: str, config: dict, params: dict | None = None, **wildcards) -> str:
-    """Snakemake's own steps (snakemake/report/__init__.py): Jinja with these options, then rst -> HTML."""
+    """Snakemake's own steps (snakemake/report/__init__.py): Jinja with these options, then rst -> HTML; the params
+    are the figure rules' (`caption`, as workflow/rules/report.smk gives it) and `params`."""
     env = Environment(trim_blocks=True, lstrip_blocks=True)
+    params = {"caption": caption_values(config), **(params or {})}
     snakemake = types.SimpleNamespace(config=config, wildcards=types.SimpleNamespace(**wildcards),
-                                      params=types.SimpleNamespace(**(params or {})))
+                                      params=types.SimpleNamespace(**params))
     text = env.from_string((REPORT / f"{name}.rst").read_text()).render(snakemake=snakemake, categories={},
                                                                          files={})
     # halt_level 2: a docutils warning (bad indentation, a broken inline markup) raises
@@ -74,11 +79,11 @@ def test_captions_state_the_settings():
     assert "floor(0.2" in html["label_overlap"]
     assert "k = 21" in html["data_overlap"] and "last checkpoint" in html["data_overlap"]
     assert "L = 33" in html["local_id_steps"] and "layers 2, 4" in html["local_id_steps"]
-    assert "first\n17 principal components" in html["probe"] or "17 principal" in html["probe"]
+    assert "first 17 principal components" in " ".join(html["probe"].split())
     for name in ("id_gride", "ari", "probe"):
         assert "0, 1, 2, 5-shot" in html[name] and "epoch-end checkpoints" in html[name] and "(lora)" in html[name]
     bare = render("ari", without_finetuning(config), model="tiny-llama")
-    assert "this run\nfine-tunes nothing" in bare or "fine-tunes nothing" in bare
+    assert "this run fine-tunes nothing" in " ".join(bare.split())
     assert "none in this run" in bare
 
 
@@ -86,3 +91,24 @@ def test_front_page_describes_the_run():
     html = render("workflow", load("tiny.yaml"))
     assert "tiny-llama" in html and "synthetic-mmlu" in html and "shuffled (5 shots)" in html
     assert "Z = 1.6" in html and "n2 = 32" in html and "lora" in html
+
+
+@pytest.mark.parametrize("hook", list(LAYER_BY_HOOK))
+def test_captions_say_what_a_layer_is_under_each_hook(hook):
+    config = load("tiny.yaml")
+    config["extraction"]["hook"] = hook
+    words = " ".join(LAYER_BY_HOOK[hook].replace("*", "").split())
+    for name in ("id_gride", "ari", "data_overlap", "model_comparison"):
+        html = render(name, config, {"models": ["a", "b"], "conditions": ["0shot"]}, model="tiny-llama")
+        assert words in " ".join(html.replace("<em>", "").replace("</em>", "").split()), (name, hook)
+
+
+def test_captions_hold_no_formula_or_repeated_paragraph():
+    """The Gride scale, what a layer is and the conditions paragraph come from `params.caption`; only the front page,
+    which Snakemake renders with the config alone, computes n2 itself."""
+    for path in REPORT.glob("*.rst"):
+        text = path.read_text()
+        if path.stem != "workflow":
+            assert "id_scale_index\"] + 1" not in text and "**Conditions shown**" not in text, path.name
+            assert '"block_input_norm": "' not in text, path.name
+    assert "**Conditions shown**" in caption_values(load("tiny.yaml"))["conditions_shown"]

@@ -110,6 +110,7 @@ def two_model_config(tmp_path, **comparison):
                          "config.yaml", workdir=tmp_path, cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_the_rule_runs_with_two_models_and_checks_the_conditions(tmp_path):
     result = two_model_config(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

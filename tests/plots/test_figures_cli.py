@@ -99,8 +99,8 @@ def test_bad_input_names_the_file_and_what_is_missing(table_files, synthetic, tm
 @pytest.mark.parametrize("option, value, message", [
     ("--model", "nope", "all.parquet: the metric table has no rows for model 'nope' (it has: m, other)"),
     ("--settings-json", '{"maxk": 100, "bogus": 1}', "--settings-json: unknown analysis parameter(s) ['bogus']"),
-    ("--settings-json", "{maxk: 1", "--settings-json: not valid JSON"),
-    ("--checkpoints", "lora=missing.json", "is neither a JSON object nor an existing JSON file"),
+    ("--settings-json", "{maxk: 1", "--settings-json is not valid JSON"),
+    ("--checkpoints", "lora=missing.json", "is neither JSON nor an existing JSON file"),
     ("--conditions", "7shot", "all.parquet: the metric table has no rows for condition(s) 7shot of model 'm'"),
 ])
 def test_bad_options_are_one_line_errors(table_files, synthetic, tmp_path, caplog, option, value, message):
@@ -123,7 +123,7 @@ def test_steps_from_each_training_runs_checkpoints_file(synthetic, tmp_path):
         steps_from_runs(["lora"])
     for run, message in (({"step1": -1}, "the step of 'ft-lora-step1' must be an integer >= 0"),
                          ({"best": 3}, "condition 'ft-lora-best' is not"),
-                         ([1, 2], "expected a JSON object of checkpoint -> step, got list")):
+                         ([1, 2], "bad.json.* must be a JSON object, not list")):
         (tmp_path / "bad.json").write_text(json.dumps(run))
         with pytest.raises(InputError, match=message):
             steps_from_runs([f"lora={tmp_path / 'bad.json'}"])

@@ -5,7 +5,6 @@ from matplotlib import pyplot as plt
 from repgeom.plots import FIGURE_NAMES
 from repgeom.plots.model_figures import (
     NoData,
-    gride_scale,
     model_figures,
     plot_ari,
     plot_data_overlap,
@@ -15,10 +14,10 @@ from repgeom.plots.model_figures import (
     plot_logit_lens,
     plot_n_clusters,
     plot_probe,
-    settings_footer,
 )
 from repgeom.analysis.params import AnalysisParams
 from repgeom.plots.accuracy_figure import plot_accuracy_table
+from repgeom.plots.parts import FigureInputs, settings_footer
 
 SHOWN = ["0shot", "1shot", "2shot", "5shot", "ft-lora-epoch1", "ft-lora-epoch2", "ft-lora-epoch3", "ft-lora-epoch4"]
 
@@ -54,18 +53,19 @@ def assert_readable(fig):
             assert not box.overlaps(other), "legends overlap"
 
 
-LAYERWISE = {
-    "id_gride": lambda m, steps: plot_id_gride(m, "m", 32, steps=steps),
-    "n_clusters": lambda m, steps: plot_n_clusters(m, "m", steps=steps),
-    "ari": lambda m, steps: plot_ari(m, "m", steps=steps),
-    "label_overlap": lambda m, steps: plot_label_overlap(m, "m", steps=steps),
-    "probe": lambda m, steps: plot_probe(m, "m", steps=steps),
-}
+LAYERWISE = {"id_gride": plot_id_gride, "n_clusters": plot_n_clusters, "ari": plot_ari,
+             "label_overlap": plot_label_overlap, "probe": plot_probe}
+
+
+def inputs(tables, steps=None, model="m", **kwargs):
+    """The figure inputs of `model` from the synthetic (metrics, overlap, accuracy) tables."""
+    metrics, overlap, accuracy = tables
+    return FigureInputs(model, metrics, overlap, accuracy, steps=steps or {}, **kwargs)
 
 
 @pytest.mark.parametrize("name", list(LAYERWISE))
 def test_layerwise_figures_label_axes_and_list_the_shown_conditions(name, tables, synthetic):
-    fig = LAYERWISE[name](tables[0], synthetic.STEPS)
+    fig = LAYERWISE[name](inputs(tables, synthetic.STEPS))
     try:
         assert all(ax.get_xlabel().startswith("layer") and ax.get_ylabel() for ax in fig.axes)
         expected = SHOWN + (["majority baseline"] if name == "probe" else [])
@@ -78,8 +78,7 @@ def test_layerwise_figures_label_axes_and_list_the_shown_conditions(name, tables
 
 
 def test_logit_lens_beside_the_letter_ari(tables, lens, synthetic):
-    fig = plot_logit_lens(tables[0], lens, "m", steps=synthetic.STEPS,
-                          footer=settings_footer("logit_lens", AnalysisParams()))
+    fig = plot_logit_lens(inputs(tables, synthetic.STEPS, lens=lens))
     try:
         accuracy, probability, ari = fig.axes
         assert legend_conditions(fig) == SHOWN
@@ -97,12 +96,14 @@ def test_logit_lens_beside_the_letter_ari(tables, lens, synthetic):
     finally:
         plt.close(fig)
     with pytest.raises(NoData, match="the lens table has no rows for model 'm'"):
-        plot_logit_lens(tables[0], lens[lens.model != "m"], "m")
+        plot_logit_lens(inputs(tables, lens=lens[lens.model != "m"]))
+    with pytest.raises(NoData, match="no lens table was given"):
+        plot_logit_lens(inputs(tables))
 
 
 def test_id_uses_the_configured_gride_scale_with_error_bars(tables, synthetic):
     metrics = tables[0]
-    fig = plot_id_gride(metrics, "m", gride_scale(4), steps=synthetic.STEPS)
+    fig = plot_id_gride(inputs(tables, synthetic.STEPS, params=AnalysisParams(id_scale_index=4)))
     ax = fig.axes[0]
     # errorbar containers, one per condition, each holding the data line
     lines = {c.get_label(): c.lines[0] for c in ax.containers}
@@ -113,12 +114,12 @@ def test_id_uses_the_configured_gride_scale_with_error_bars(tables, synthetic):
     assert "n2 = 32" in ax.get_ylabel()
     plt.close(fig)
     with pytest.raises(NoData, match="id_gride values at scale 128"):
-        plot_id_gride(metrics, "m", 128)
+        plot_id_gride(inputs(tables, params=AnalysisParams(id_scale_index=6)))
 
 
 def test_local_id_against_step_uses_the_step_mapping_deduped(tables, synthetic):
     metrics, _, accuracy = tables
-    fig = plot_local_id_steps(metrics, accuracy, "m", synthetic.STEPS)
+    fig = plot_local_id_steps(inputs(tables, synthetic.STEPS))
     try:
         expected = [0, 1, 2, 3, 5, 8, 13, 16, 20, 24, 32]  # 0 = 0shot; step8/epoch1 and step32/epoch4 once each
         local, token, acc = fig.axes
@@ -141,8 +142,7 @@ def test_local_id_against_step_uses_the_step_mapping_deduped(tables, synthetic):
 
 
 def test_data_overlap_compares_each_shot_with_the_last_checkpoint(tables, synthetic):
-    overlap = tables[1]
-    fig = plot_data_overlap(overlap, "m", steps=synthetic.STEPS)
+    fig = plot_data_overlap(inputs(tables, synthetic.STEPS))
     try:
         top, bottom = fig.axes
         assert [line.get_label() for line in top.lines] == ["0shot", "1shot", "2shot", "5shot"]
@@ -159,7 +159,7 @@ def test_data_overlap_compares_each_shot_with_the_last_checkpoint(tables, synthe
 
 
 def test_accuracy_table_lists_every_condition_in_order_with_steps(tables, synthetic):
-    fig = plot_accuracy_table(tables[2], "m", steps=synthetic.STEPS)
+    fig = plot_accuracy_table(inputs(tables, synthetic.STEPS))
     names = [row[0] for row in fig.table_cells]
     assert names[:5] == ["0shot", "1shot", "2shot", "5shot", "5shot-shuffled"]
     assert len(names) == len(synthetic.CONDITIONS) and names[-1] == "ft-lora-step32"
@@ -194,8 +194,8 @@ def test_model_figures_say_why_when_there_is_nothing_to_show(synthetic):
 
 def test_other_models_rows_are_ignored_and_an_unknown_model_has_nothing(tables):
     with pytest.raises(NoData, match="no rows for model 'nope'"):
-        plot_ari(tables[0], "nope")
-    fig = plot_ari(tables[0], "other")
+        plot_ari(inputs(tables, model="nope"))
+    fig = plot_ari(inputs(tables, model="other"))
     assert legend_conditions(fig) == ["0shot", "1shot", "2shot", "5shot"]
     plt.close(fig)
 

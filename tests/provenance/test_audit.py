@@ -240,7 +240,29 @@ def test_trace_prints_the_lineage(run, capsys):
 
 def test_trace_of_an_artifact_without_record(run, capsys):
     assert main(["audit", "--trace", "config.yaml"]) == 1
-    assert "config.yaml: it has no provenance record" in capsys.readouterr().err
+    assert capsys.readouterr().err == "repgeom audit: error: --trace config.yaml: it has no provenance record\n"
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no results folder", "results folder nowhere does not exist"),
+    ("config not YAML", "cannot read config bad.yaml: not valid YAML (line 2, column 1): expected "),
+    ("config not a mapping", "cannot read config list.yaml: not a mapping"),
+    ("schema not YAML", "cannot read config schema bad.yaml: not valid YAML (line 2, column 1): expected "),
+    ("no schema", "cannot read config schema nowhere.yaml: No such file or directory"),
+])
+def test_bad_audit_input_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys, case, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "good.yaml").write_text("results_dir: results\n")
+    (tmp_path / "bad.yaml").write_text("a: [1, 2\n")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    argv = {"no results folder": ["nowhere"], "config not YAML": ["results", "--config", "bad.yaml"],
+            "config not a mapping": ["results", "--config", "list.yaml"],
+            "schema not YAML": ["results", "--config", "good.yaml", "--schema", "bad.yaml"],
+            "no schema": ["results", "--config", "good.yaml", "--schema", "nowhere.yaml"]}[case]
+    assert main(["audit", *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"repgeom audit: error: {message}") and err.count("\n") == 1, err
 
 
 def test_real_extraction_under_the_wrapper(tmp_path, monkeypatch, capsys, wrap, tiny_llama_dir):

@@ -147,21 +147,38 @@ def test_input_hash_is_taken_from_its_record_while_size_and_mtime_match(tmp_path
 
 
 @pytest.mark.parametrize(("meta", "message"), [
-    ("not json", "--meta is not valid JSON"),
+    ("{not json", "--meta is not valid JSON"),
+    ("not json", "--meta: 'not json' is neither JSON nor an existing JSON file"),
+    ("@missing.json", "--meta: cannot read 'missing.json'"),
     ('{"wildcards": {}}', "--meta lacks 'rule'"),
     ('{"rule": "r", "parameters": {}}', "unknown key(s) ['parameters']"),
 ])
-def test_bad_meta_stops_before_the_command(tmp_path, code_repo, meta, message):
+def test_bad_meta_stops_before_the_command_in_one_line(tmp_path, code_repo, meta, message):
     argv = [sys.executable, "-m", "repgeom.provenance", "run", "--meta", meta, "--outputs", "x", "--",
             *py("open('ran', 'w')")]
     result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and message in result.stderr and not (tmp_path / "ran").exists()
+    assert result.returncode == 1 and not (tmp_path / "ran").exists()
+    assert result.stderr.startswith("repgeom run: error: ") and message in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
 def test_missing_input_stops_before_the_command(tmp_path, wrap):
     result = wrap(tmp_path, META, inputs=["nope.parquet"], outputs=["x"], command=py("open('ran', 'w')"))
-    assert result.returncode == 2 and "input nope.parquet does not exist" in result.stderr
+    assert result.returncode == 1 and result.stderr == "repgeom run: error: input nope.parquet does not exist\n"
     assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--meta", "{}"], "give the command after `--`"),
+    (["run", "--meta", "{}", "--"], "the command after `--` is empty"),
+    (["audit"], "give the results folder (or --trace ARTIFACT)"),
+])
+def test_usage_errors_exit_2(argv, message, capsys):
+    from repgeom.provenance.cli import main
+
+    with pytest.raises(SystemExit) as usage:
+        main(argv)
+    assert usage.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_config_subset_takes_dotted_keys():

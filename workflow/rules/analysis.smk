@@ -10,8 +10,8 @@ rule analyze_layers:
         store=STORE,
         group=store_group,
         analysis=as_json(config["analysis"]["params"]),
-        # The kNN runs where the job's resources put it: a job sized `gpus: 0` stays off the GPUs.
-        device=lambda wc, resources: "cuda" if resources.gpu > 0 else "cpu",
+        # The kNN runs where the hardware map puts the job: a job sized `gpus: 0` stays off the GPUs.
+        device=lambda wc: job_device(JOBS.gpus("analyze", wc.model)),
     threads: job_threads("analyze")
     resources:
         **job_resources("analyze"),
@@ -32,7 +32,7 @@ rule condition_metrics:
     input:
         lambda wc: expand(
             f"{RESULTS}/metrics/{wc.model}/{wc.condition}/layers_{{layers}}.parquet",
-            layers=layer_blocks(wc.model),
+            layers=analysis_blocks(wc.model),
         ),
     output:
         f"{RESULTS}/metrics/{{model}}/{{condition}}.parquet",
@@ -58,7 +58,7 @@ rule data_overlap:
         lambda wc: expand(
             f"{RESULTS}/neighbors/{wc.model}/{{condition}}/layers_{{layers}}.zarr",
             condition=conditions(wc.model),
-            layers=layer_blocks(wc.model),
+            layers=analysis_blocks(wc.model),
         ),
     output:
         f"{RESULTS}/metrics/{{model}}/overlap.parquet",
@@ -68,7 +68,7 @@ rule data_overlap:
         groups=lambda wc: " ".join(f"{wc.model}/{condition}" for condition in conditions(wc.model)),
         group_paths=lambda wc: " ".join(f"{STORE}/{wc.model}/{condition}" for condition in conditions(wc.model)),
         k=config["analysis"]["params"]["overlap_k"],
-        device=lambda wc, resources: "cuda" if resources.gpu > 0 else "cpu",
+        device=lambda wc: job_device(JOBS.gpus("analyze", wc.model)),
     threads: job_threads("analyze")
     resources:
         **job_resources("analyze"),

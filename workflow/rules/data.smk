@@ -1,8 +1,8 @@
-if dataset_folder():
+if DATASET_FOLDER:
 
     rule generate_dataset:
         output:
-            directory(dataset_folder()),
+            directory(DATASET_FOLDER),
         params:
             provenance=provenance("generate_dataset", ['dataset.generate'], ['dataset.generate.seed']),
             generate=as_json(config["dataset"].get("generate", {})),
@@ -22,7 +22,7 @@ if dataset_folder():
 
 checkpoint sample:
     input:
-        dataset=dataset_folder() or [],
+        dataset=DATASET_FOLDER or [],
         # An input, so that a changed mask re-runs the job and its record holds the mask's hash; the path is
         # passed on as the config gives it.
         subset_mask=config["sampling"].get("subset_mask", []),
@@ -32,7 +32,7 @@ checkpoint sample:
         finetune=f"{RESULTS}/data/finetune_set.parquet",
     params:
         provenance=provenance("sample", ['dataset', 'sampling', 'variants'], ['sampling.seed']),
-        dataset=as_json(dataset_spec()),
+        dataset=as_json(DATASET_SPEC),
         max_per_subject=config["sampling"]["max_per_subject"],
         finetune_max_per_subject=config["sampling"]["finetune_max_per_subject"],
         seed=config["sampling"]["seed"],
@@ -66,7 +66,7 @@ rule prompts:
         f"{RESULTS}/prompts/{{model}}/{{condition}}.parquet",
     params:
         provenance=provenance("prompts", ['sampling.seed', 'models.{model}.max_length', 'dataset.subject_areas'], ['sampling.seed']),
-        options=lambda wc: prompt_options(wc.condition),
+        options=lambda wc: prompt_options(config, wc.condition, SUBJECT_AREAS),
         tokenizer=lambda wc: model_spec(wc.model),
         max_length=lambda wc: config["models"][wc.model]["max_length"],
     threads: job_threads("prompts")

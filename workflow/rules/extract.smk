@@ -1,6 +1,8 @@
 rule extract:
     input:
-        unpack(extract_inputs),
+        prompts=prompts_file,
+        model=model_input,
+        adapters=adapter_run,
     output:
         # The zarr group is written in place and left undeclared, so that a killed job resumes
         # from its completed chunks instead of Snakemake deleting them; the accuracy table comes last.
@@ -17,12 +19,13 @@ rule extract:
         max_batch_tokens=config["extraction"]["max_batch_tokens"],
         min_shared_prefix=config["extraction"]["min_shared_prefix"],
         chunk_rows=f"--chunk-rows {config['extraction']['chunk_rows']}" if "chunk_rows" in config["extraction"] else "",
-        adapter=adapter_option,
-        parallel=extraction_parallel_option,
-        ranks=extraction_ranks,
-        token_sample=token_sample_option,
+        adapter=lambda wc: option("--adapter", adapter_folder(wc)),
+        # From the hardware map, not resources.gpu, which a cluster's profile may replace by a `gres` string.
+        parallel=lambda wc: extraction_parallel_option(extraction_parallel(config, wc.model), JOBS.gpus("extract", wc.model)),
+        ranks=lambda wc: extraction_ranks(extraction_parallel(config, wc.model), JOBS.gpus("extract", wc.model)),
+        token_sample=token_sample_option(config),
         group=store_group,
-        adapter_input=adapter_inputs,
+        adapter_input=lambda wc: option("--extra-inputs", adapter_folder(wc)),
     threads: job_threads("extract")
     resources:
         **job_resources("extract"),

@@ -1,14 +1,14 @@
 rule build_model:
     wildcard_constraints:
-        model=models_pattern("build"),
+        model=models_pattern(config, "build"),
     input:
-        dataset=dataset_folder() or [],
+        dataset=DATASET_FOLDER or [],
     output:
         model=directory(f"{RESULTS}/models/{{model}}"),
         history=f"{RESULTS}/models/{{model}}.pretrain_log.parquet",
     params:
         provenance=provenance("build_model", ['models.{model}.build'], ['models.{model}.build.seed']),
-        corpus=lambda wc: f"{dataset_folder()}/pretrain_corpus.json",
+        corpus=f"{DATASET_FOLDER}/pretrain_corpus.json",
         build=lambda wc: as_json(config["models"][wc.model]["build"]),
     threads: job_threads("build_model")
     resources:
@@ -27,16 +27,16 @@ rule build_model:
 
 rule import_model:
     wildcard_constraints:
-        model=models_pattern("gguf"),
+        model=models_pattern(config, "gguf"),
     input:
         gguf=lambda wc: config["models"][wc.model]["gguf"].get("path", []),
     output:
         directory(f"{RESULTS}/models/{{model}}"),
     params:
-        provenance=provenance("import_model", ["models.{model}.gguf"], params=lambda wc: gguf_source(wc.model)),
+        provenance=provenance("import_model", ["models.{model}.gguf"], params=lambda wc: gguf_source(config["models"][wc.model])),
         # The shipping package's version, not the file's path inside it: a new release of the package
         # re-imports, a checkout with its virtual environment elsewhere does not.
-        source=lambda wc: as_json(gguf_source(wc.model)),
+        source=lambda wc: as_json(gguf_source(config["models"][wc.model])),
     threads: job_threads("import_model")
     resources:
         **job_resources("import_model"),

@@ -1,6 +1,10 @@
 # Reporting: the accuracy and logit-lens tables, the figures of each model and, with two or more models, the
 # figures across models (their captions: workflow/report/).
+from pathlib import Path
+
 from repgeom.plots import COMPARISON_LABELS, COMPARISON_NAMES, FIGURE_LABELS
+from repgeom.workflow.captions import caption_values
+from repgeom.workflow.plan import compared_conditions
 
 
 rule accuracy_table:
@@ -64,6 +68,7 @@ rule variant_figure:
         ),
     params:
         provenance=provenance("variant_figure", []),
+        caption=caption_values(config),
     threads: job_threads("plot")
     resources:
         **job_resources("plot"),
@@ -103,6 +108,7 @@ rule model_figures:
         out_dir=lambda wc: f"{RESULTS}/figures/{wc.model}",
         checkpoints=lambda wc: " ".join(f"{method}={path}" for method, path in sorted(training_runs(wc.model).items())),
         settings=as_json(config["analysis"]["params"]),
+        caption=caption_values(config),
     threads: job_threads("plot")
     resources:
         **job_resources("plot"),
@@ -122,22 +128,8 @@ rule model_figures:
 
 # Figures across models: `rule all` asks for these, none with a single model.
 COMPARISON_FIGURES = [f"{RESULTS}/figures/{name}.png" for name in COMPARISON_NAMES] if len(MODELS) > 1 else []
-# By default the fewest and the most shots and each fine-tuning method's last checkpoint.
-COMPARED_CONDITIONS = config.get("model_comparison", {}).get("conditions") or [
-    f"{k}shot" for k in sorted({min(config["shots"]), max(config["shots"])})
-] + [f"ft-{method}-last" for method in finetune_methods()]
-# A fine-tuned name's checkpoint is known once the data is sampled; its method now.
-_unknown_conditions = [
-    name
-    for name in COMPARED_CONDITIONS
-    if name not in CONDITIONS and not (name.startswith("ft-") and name.split("-")[1] in finetune_methods())
-]
-if COMPARISON_FIGURES and _unknown_conditions:
-    raise WorkflowError(
-        f"invalid config:\n  model_comparison.conditions: {', '.join(_unknown_conditions)} not made by this run "
-        f"(it makes {', '.join(CONDITIONS)}, and ft-{{method}}-{{checkpoint}} / ft-{{method}}-last for the "
-        f"fine-tuning methods: {', '.join(finetune_methods()) or 'none'})"
-    )
+# By default the fewest and the most shots and each fine-tuning method's last checkpoint (checked with the config).
+COMPARED_CONDITIONS = compared_conditions(config)
 
 if COMPARISON_FIGURES:
 
@@ -166,6 +158,7 @@ if COMPARISON_FIGURES:
             ],
             settings=as_json(config["analysis"]["params"]),
             out_dir=lambda wc, output: Path(output[0]).parent,
+            caption=caption_values(config),
         threads: job_threads("plot")
         resources:
             **job_resources("plot"),

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
 import logging
 import os
 import sys
@@ -39,7 +38,7 @@ from repgeom.analysis.neighbor_artifact import NeighborArtifact, NeighborArtifac
 from repgeom.analysis.neighbors import resolve_device  # noqa: E402
 from repgeom.analysis.overlap import OverlapSide, aligned_to, pair_overlap  # noqa: E402
 from repgeom.analysis.params import AnalysisParams  # noqa: E402
-from repgeom.errors import entry_point  # noqa: E402
+from repgeom.errors import entry_point, json_option  # noqa: E402
 from repgeom.io import write_parquet  # noqa: E402
 from repgeom.logs import configure_logging  # noqa: E402
 
@@ -90,8 +89,9 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
 
 
 def parse_params(text: str) -> AnalysisParams:
+    params = json_option(text, "--params-json", AnalysisInputError)
     try:
-        return AnalysisParams.coerce(json.loads(text))
+        return AnalysisParams.coerce(params)
     except (ValueError, TypeError) as err:
         raise AnalysisInputError(f"--params-json: {err}") from None
 

@@ -1,5 +1,6 @@
-"""`analyze_layer`: every per-layer metric of one representation, as long-form rows (and, from `layer_analysis`,
-the layer's neighbours, which later steps read instead of computing them again).
+"""The analysis of one layer: `layer_analysis` gives every per-layer metric of one representation as long-form rows,
+and the layer's neighbours, which later steps read instead of computing them again; `layer_metric_rows` gives the
+rows alone.
 
 All metrics are computed on the distinct rows (exact duplicates removed, first occurrences kept), on
 float64 Euclidean distances. A metric that cannot be computed on this input is a row with value NaN
@@ -43,17 +44,11 @@ class LayerAnalysis:
     neighbors: LayerNeighbors
 
 
-def analyze_layer(X: np.ndarray, labels: pd.DataFrame, params: AnalysisParams | dict | None = None, *,
-                  layer: int | None = None, device=None, timings: dict | None = None) -> list[dict]:
-    """Rows {metric, scale, value, error, note} for one layer's representation X [N, D] and its
-    labels (columns subject, gold; one row per row of X). Pass a dict as `timings` to get the seconds
-    spent in each stage."""
-    return layer_analysis(X, labels, params, layer=layer, device=device, timings=timings).rows
-
-
 def layer_analysis(X: np.ndarray, labels: pd.DataFrame, params: AnalysisParams | dict | None = None, *,
                    layer: int | None = None, device=None, timings: dict | None = None) -> LayerAnalysis:
-    """`analyze_layer`'s rows, and the layer's neighbours."""
+    """The metric rows {metric, scale, value, error, note} of one layer's representation X [N, D] and its labels
+    (columns subject, gold; one row per row of X), and the layer's neighbours. Pass a dict as `timings` to get the
+    seconds spent in each stage."""
     p = AnalysisParams.coerce(params)
     clock = _StageClock(timings)
     with clock("prepare"):
@@ -95,6 +90,12 @@ def layer_analysis(X: np.ndarray, labels: pd.DataFrame, params: AnalysisParams |
     with clock("probes"):
         rows += _probe_rows(X, labels, p)
     return LayerAnalysis(rows, LayerNeighbors(distinct_index, dist, ind).narrowed(p.kept_neighbors))
+
+
+def layer_metric_rows(X: np.ndarray, labels: pd.DataFrame, params: AnalysisParams | dict | None = None, *,
+                      layer: int | None = None, device=None) -> list[dict]:
+    """The metric rows of `layer_analysis` alone, without the neighbours."""
+    return layer_analysis(X, labels, params, layer=layer, device=device).rows
 
 
 class _StageClock:

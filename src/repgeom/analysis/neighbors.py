@@ -35,7 +35,6 @@ import torch
 from repgeom.analysis.params import KEY_PANEL_BYTES, keys_kept_whole
 
 _U64 = 2.0 ** -53  # unit roundoff of float64
-_U32 = 2.0 ** -24  # unit roundoff of float32
 # Float64 Gram values are trusted only when their worst-case error is below this fraction of the value;
 # others are recomputed directly (this keeps every reported distance within ~1e-7 relative of the
 # brute force in the worst case, ~1e-14 in practice, and near-duplicates exact).

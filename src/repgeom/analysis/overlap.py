@@ -17,7 +17,7 @@ import pandas as pd
 
 from repgeom.analysis.geometry import data_overlap
 from repgeom.analysis.layer import AnalysisInputError
-from repgeom.analysis.neighbor_artifact import LayerNeighbors, layer_neighbors
+from repgeom.analysis.neighbor_artifact import LayerNeighbors
 from repgeom.analysis.neighbors import knn
 
 
@@ -87,12 +87,6 @@ def pair_overlap(side_a: OverlapSide, side_b: OverlapSide, k: int) -> tuple[floa
     value = data_overlap(side_a.knn_without(drop), side_b.knn_without(drop), k)
     note = f"{n_dropped} rows dropped from both, duplicates in A or B ({counts}); {n_kept} rows used" if n_dropped else ""
     return value, n_dropped, note
-
-
-def data_overlap_distinct(A: np.ndarray, B: np.ndarray, k: int, device=None) -> tuple[float, int, str]:
-    """chi_k between representations A and B of the same rows, on the rows distinct in both (`pair_overlap`)."""
-    sides = [OverlapSide(layer_neighbors(X, 2 * k, device), k, reload=lambda X=X: X, device=device) for X in (A, B)]
-    return pair_overlap(*sides, k)
 
 
 def aligned_to(question_ids, reference, where: str) -> np.ndarray:

@@ -56,6 +56,12 @@ class AnalysisParams:
         return cls(**params)
 
 
+def gride_scale(id_scale_index: int) -> int:
+    """n2 of the Gride scale index (ranks (2^i, 2^(i+1)), i counted from 1): index 4 -> (16, 32) -> 32. The figures
+    show the ID at this scale, the one that feeds the density."""
+    return 2 ** (id_scale_index + 1)
+
+
 # Resident memory of an analysis process before any data (python, torch, DADApy, sklearn).
 BASE_MEMORY_MB = 1000
 # The kNN's key matrix of every pair (repgeom.analysis.neighbors) is kept whole when it is no larger than the copies of

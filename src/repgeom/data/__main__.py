@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from repgeom.data import facts, mmlu, prompts, sampling, synthetic, variants
-from repgeom.errors import InputError, entry_point
+from repgeom.errors import InputError, entry_point, json_option
 from repgeom.io import read_parquet_table, write_parquet
 
 log = logging.getLogger("repgeom.data")
@@ -19,16 +18,12 @@ log = logging.getLogger("repgeom.data")
 GENERATORS = {"facts": facts.generate, "invented": synthetic.generate}
 
 
-def json_option(text: str, option: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{option} is not valid JSON ({err}): {text!r}") from None
-
-
 def cmd_generate(args) -> None:
     params = json_option(args.params_json, "--params-json")
-    summary = GENERATORS[params.pop("kind")](args.out, **params)
+    kind = params.pop("kind", None)
+    if kind not in GENERATORS:
+        raise InputError(f"--params-json: kind {kind!r} is not one of {', '.join(GENERATORS)}")
+    summary = GENERATORS[kind](args.out, **params)
     log.info("generated dataset in %s: %s", args.out, summary)
 
 

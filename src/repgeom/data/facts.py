@@ -17,6 +17,7 @@ CSVs), like `synthetic.generate`, so the workflow reads them through the same lo
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 from collections import defaultdict
@@ -72,6 +73,23 @@ TABLES = {
     "si_prefixes": TableSpec(("prefix", "symbol", "factor"), ("prefix", "symbol", "factor")),
     "instruments": TableSpec(("instrument", "measures"), ("instrument", "measures")),
 }
+
+QUESTIONS_FILE = "questions.yaml"
+
+
+@dataclass(frozen=True)
+class TableQuestion:
+    """Questions "`ask` -> `answer`" over the rows of table `table`, in several wordings (`{x}`: the asked value;
+    `{the_x}`, `{a_x}`, `{A_x}`: with an article); one record of `questions.yaml` beside the tables."""
+    subject: str
+    name: str
+    fact: str              # what is asked about; the same for a relation and its inverse
+    table: str
+    ask: str               # the column the question names
+    answer: str            # the column that answers it
+    key: str               # the column naming the fact's row (the same for a relation and its inverse)
+    wordings: tuple[str, ...]
+    near: str | None = None  # a rule of NEAR_ANSWERS: plausible wrong answers, drawn first
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -130,6 +148,31 @@ def read_table(name: str, tables_dir: str | Path | None = None) -> list[dict[str
     return rows
 
 
+def load_questions(path: str | Path | None = None) -> list[TableQuestion]:
+    """The questions asked of the tables (default: the shipped `questions.yaml` beside them; a list of records with
+    TableQuestion's fields), or FactsTableError naming the file and the record."""
+    import yaml
+
+    path = resources.files("repgeom").joinpath("resources", "facts", QUESTIONS_FILE) if path is None else Path(path)
+    try:
+        records = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise FactsTableError(f"{path}: the questions file is unreadable ({err})") from None
+    if not isinstance(records, list):
+        raise FactsTableError(f"{path}: expected a list of question records, got {type(records).__name__}")
+    questions = []
+    for number, record in enumerate(records, 1):
+        try:
+            question = TableQuestion(**{**record, "wordings": tuple(record.get("wordings") or ())})
+        except (TypeError, AttributeError) as err:
+            raise FactsTableError(f"{path}: record {number} is not a question ({err})") from None
+        if question.table not in TABLES or question.near not in (None, *NEAR_ANSWERS) or not question.wordings:
+            raise FactsTableError(f"{path}: record {number} ({question.name}) names an unknown table or near rule, "
+                                  "or has no wording")
+        questions.append(question)
+    return questions
+
+
 def load_tables(tables_dir: str | Path | None = None) -> dict[str, list[dict[str, str]]]:
     tables = {name: read_table(name, tables_dir) for name in TABLES}
     names = {row["name"] for row in tables["elements"]}
@@ -181,13 +224,13 @@ def _text_fields(x: str) -> dict:
     return {"x": x, "the_x": _with_the(x), "a_x": a_x, "A_x": a_x[0].upper() + a_x[1:]}
 
 
-def _table_relation(subject: str, name: str, fact: str, wordings: tuple[str, ...], table: str,
-                    rows: list[dict], ask: str, answer: str, key: str,
-                    near: Callable[[dict], list[str]] | None = None) -> Relation:
-    """Questions "ask -> answer" over a table's rows. `key` names the fact's row (the same for a relation
-    and its inverse). A question whose `ask` value has several true answers is left out (the inverse of
-    a many-to-one relation asks only about values held by one row); wrong answers are the relation's
-    other answers that are not true for the question."""
+def table_relation(question: TableQuestion, rows: list[dict]) -> Relation:
+    """The questions of `question` ("ask -> answer") over its table's `rows`. A question whose `ask` value has several
+    true answers is left out (the inverse of a many-to-one relation asks only about values held by one row); wrong
+    answers are the relation's other answers that are not true for the question, those of its `near` rule first."""
+    subject, name, fact, table = question.subject, question.name, question.fact, question.table
+    ask, answer, key = question.ask, question.answer, question.key
+    near = None if question.near is None else functools.partial(NEAR_ANSWERS[question.near], rows, question)
     truth: dict[str, set[str]] = defaultdict(set)
     for row in rows:
         truth[row[ask]].add(row[answer])
@@ -206,7 +249,7 @@ def _table_relation(subject: str, name: str, fact: str, wordings: tuple[str, ...
         if len(preferred) + len(others) < 3:
             continue
         items.append(Item(name, (table, fact, row[key]), x, _text_fields(x), gold, tuple(preferred), others))
-    return Relation(subject, name, wordings, tuple(items), (table, ask, answer))
+    return Relation(subject, name, question.wordings, tuple(items), (table, ask, answer))
 
 
 def _plural_traps(row: dict) -> list[str]:
@@ -246,143 +289,42 @@ def _past_traps(row: dict) -> list[str]:
     return [_regular_past(verb), past + ("d" if past.endswith("e") else "ed"), _third_person(verb), verb]
 
 
-def _same_initial(column: str, rows: list[dict], of: Callable[[dict], str]):
-    """Near answers: `column` values of rows whose `column` starts like `of(row)` (case-insensitive)."""
-    def near(row: dict) -> list[str]:
-        initial = of(row)[:1].lower()
-        return [r[column] for r in rows if r[column][:1].lower() == initial]
-    return near
+def _same_continent(rows: list[dict], question: TableQuestion, row: dict) -> list[str]:
+    """The answers of the countries on the same continent."""
+    return [r[question.answer] for r in rows if r["continent"] == row["continent"]]
 
 
-def _table_relations(tables: dict) -> list[Relation]:
-    countries, elements, families = tables["countries"], tables["elements"], tables["element_families"]
-    units, prefixes, instruments = tables["si_units"], tables["si_prefixes"], tables["instruments"]
+def _atomic_number_within_8(rows: list[dict], question: TableQuestion, row: dict) -> list[str]:
+    """The answers of the elements at most 8 places away in the periodic table."""
+    return [r[question.answer] for r in rows if abs(int(r["atomic_number"]) - int(row["atomic_number"])) <= 8]
 
-    def same_continent(column: str):
-        return lambda row: [r[column] for r in countries if r["continent"] == row["continent"]]
 
-    def near_number(column: str, width: int = 8):
-        z = {r["name"]: int(r["atomic_number"]) for r in elements}
-        return lambda row: [r[column] for r in elements
-                            if abs(int(r["atomic_number"]) - z[row["name"]]) <= width]
+def _same_initial(rows: list[dict], question: TableQuestion, row: dict) -> list[str]:
+    """The answers that start like the asked value (case-insensitive): symbols with the element's initial, …"""
+    initial = row[question.ask][:1].lower()
+    return [r[question.answer] for r in rows if r[question.answer][:1].lower() == initial]
 
-    def R(*args, **kwargs):
-        return _table_relation(*args, **kwargs)
 
-    return [
-        # geography
-        R("geography", "capital_of", "capital",
-          ("What is the capital of {the_x}?", "Which city is the capital of {the_x}?",
-           "What is the capital city of {the_x}?"),
-          "countries", countries, "country", "capital", "country", near=same_continent("capital")),
-        R("geography", "country_of_capital", "capital",
-          ("{x} is the capital of which country?", "Which country has {x} as its capital?",
-           "Of which country is {x} the capital?"),
-          "countries", countries, "capital", "country", "country", near=same_continent("country")),
-        R("geography", "continent_of", "continent",
-          ("On which continent is {the_x}?", "Which continent is {the_x} located in?",
-           "In which continent is {the_x} located?"),
-          "countries", countries, "country", "continent", "country"),
-        R("geography", "currency_of", "currency",
-          ("What is the currency of {the_x}?", "Which currency is used in {the_x}?",
-           "What is the official currency of {the_x}?"),
-          "countries", countries, "country", "currency", "country"),
-        # chemistry
-        R("chemistry", "symbol_of_element", "symbol",
-          ("What is the chemical symbol for {x}?", "Which symbol represents the element {x}?",
-           "What is the symbol of the element {x}?"),
-          "elements", elements, "name", "symbol", "name",
-          near=_same_initial("symbol", elements, lambda r: r["name"])),
-        R("chemistry", "element_of_symbol", "symbol",
-          ("Which element has the chemical symbol {x}?", "The chemical symbol {x} stands for which element?",
-           "Which element is represented by the symbol {x}?"),
-          "elements", elements, "symbol", "name", "name",
-          near=_same_initial("name", elements, lambda r: r["symbol"])),
-        R("chemistry", "atomic_number_of_element", "atomic_number",
-          ("What is the atomic number of {x}?", "How many protons does an atom of {x} have?",
-           "What is the atomic number of the element {x}?"),
-          "elements", elements, "name", "atomic_number", "name", near=near_number("atomic_number")),
-        R("chemistry", "element_of_atomic_number", "atomic_number",
-          ("Which element has the atomic number {x}?", "Which element is number {x} in the periodic table?",
-           "Which element has atomic number {x}?"),
-          "elements", elements, "atomic_number", "name", "name", near=near_number("name")),
-        R("chemistry", "family_of_element", "family",
-          ("To which family of elements does {x} belong?", "What kind of element is {x}?",
-           "Which family of the periodic table does {x} belong to?"),
-          "element_families", families, "element", "family", "element"),
-        # biology
-        R("biology", "group_of_animal", "group",
-          ("What type of animal is the {x}?", "To which group of animals does the {x} belong?",
-           "Which animal group does the {x} belong to?"),
-          "animals", tables["animals"], "animal", "group", "animal"),
-        R("biology", "young_of_animal", "young",
-          ("What is a young {x} called?", "What is the name for a baby {x}?",
-           "What do you call the young of the {x}?"),
-          "animal_young", tables["animal_young"], "animal", "young", "animal"),
-        R("biology", "animal_of_young", "young",
-          ("Which animal's young is called {a_x}?", "{A_x} is the young of which animal?",
-           "Which animal's baby is known as {a_x}?"),
-          "animal_young", tables["animal_young"], "young", "animal", "animal"),
-        # english vocabulary
-        R("english_vocabulary", "antonym_of", "antonym",
-          ("What is the opposite of '{x}'?", "Which word means the opposite of '{x}'?",
-           "Which of the following is an antonym of '{x}'?"),
-          "antonyms", tables["antonyms"], "word", "antonym", "word"),
-        R("english_vocabulary", "plural_of", "plural",
-          ("What is the plural of '{x}'?", "What is the plural form of the noun '{x}'?",
-           "Which of the following is the correct plural of '{x}'?"),
-          "plurals", tables["plurals"], "noun", "plural", "noun", near=_plural_traps),
-        R("english_vocabulary", "singular_of", "plural",
-          ("What is the singular of '{x}'?", "'{x}' is the plural of which noun?",
-           "What is the singular form of '{x}'?"),
-          "plurals", tables["plurals"], "plural", "noun", "noun"),
-        R("english_vocabulary", "past_tense_of", "past",
-          ("What is the past tense of '{x}'?", "What is the simple past tense of the verb '{x}'?",
-           "Which of the following is the past tense of '{x}'?"),
-          "past_tense", tables["past_tense"], "verb", "past", "verb", near=_past_traps),
-        R("english_vocabulary", "verb_of_past_tense", "past",
-          ("'{x}' is the past tense of which verb?", "Of which verb is '{x}' the past tense?"),
-          "past_tense", tables["past_tense"], "past", "verb", "verb"),
-        # physics
-        R("physics", "unit_of_quantity", "unit",
-          ("What is the SI unit of {x}?", "In which SI unit is {x} measured?",
-           "Which of the following is the SI unit of {x}?"),
-          "si_units", units, "quantity", "unit", "unit"),
-        R("physics", "quantity_of_unit", "unit",
-          ("The {x} is the SI unit of which quantity?", "Which physical quantity has the {x} as its SI unit?",
-           "What does the SI unit {x} measure?"),
-          "si_units", units, "unit", "quantity", "unit"),
-        R("physics", "symbol_of_unit", "unit_symbol",
-          ("What is the symbol for the {x}?", "Which symbol is used for the SI unit {x}?",
-           "What is the symbol of the unit {x}?"),
-          "si_units", units, "unit", "symbol", "unit",
-          near=_same_initial("symbol", units, lambda r: r["unit"])),
-        R("physics", "unit_of_symbol", "unit_symbol",
-          ("Which SI unit has the symbol {x}?", "The unit symbol {x} stands for which unit?",
-           "Which unit is written with the symbol {x}?"),
-          "si_units", units, "symbol", "unit", "unit",
-          near=_same_initial("unit", units, lambda r: r["symbol"])),
-        R("physics", "factor_of_prefix", "prefix_factor",
-          ("What factor does the SI prefix {x} stand for?", "The SI prefix {x} multiplies a unit by which factor?",
-           "Which power of ten does the prefix {x} denote?"),
-          "si_prefixes", prefixes, "prefix", "factor", "prefix",
-          near=lambda row: [r["factor"] for r in prefixes if r["factor"].startswith("10^-") == row["factor"].startswith("10^-")]),
-        R("physics", "prefix_of_factor", "prefix_factor",
-          ("Which SI prefix stands for a factor of {x}?", "Which prefix multiplies a unit by {x}?"),
-          "si_prefixes", prefixes, "factor", "prefix", "prefix"),
-        R("physics", "symbol_of_prefix", "prefix_symbol",
-          ("What is the symbol of the SI prefix {x}?", "Which symbol is used for the prefix {x}?"),
-          "si_prefixes", prefixes, "prefix", "symbol", "prefix"),
-        R("physics", "prefix_of_symbol", "prefix_symbol",
-          ("Which SI prefix has the symbol {x}?", "The prefix symbol {x} stands for which prefix?"),
-          "si_prefixes", prefixes, "symbol", "prefix", "prefix"),
-        R("physics", "quantity_of_instrument", "instrument",
-          ("What does {a_x} measure?", "What is {a_x} used to measure?", "Which quantity is measured with {a_x}?"),
-          "instruments", instruments, "instrument", "measures", "instrument"),
-        R("physics", "instrument_for_quantity", "instrument",
-          ("Which instrument is used to measure {x}?", "Which instrument measures {x}?"),
-          "instruments", instruments, "measures", "instrument", "instrument"),
-    ]
+def _same_exponent_sign(rows: list[dict], question: TableQuestion, row: dict) -> list[str]:
+    """Powers of ten on the same side of 1."""
+    below_one = row[question.answer].startswith("10^-")
+    return [r[question.answer] for r in rows if r[question.answer].startswith("10^-") == below_one]
+
+
+# How a relation finds plausible wrong answers for a row of its table (`TableQuestion.near`), drawn first.
+NEAR_ANSWERS: dict[str, Callable[[list[dict], TableQuestion, dict], list[str]]] = {
+    "same_continent": _same_continent,
+    "atomic_number_within_8": _atomic_number_within_8,
+    "same_initial": _same_initial,
+    "same_exponent_sign": _same_exponent_sign,
+    "plural_traps": lambda rows, question, row: _plural_traps(row),
+    "past_traps": lambda rows, question, row: _past_traps(row),
+}
+
+
+def table_relations(tables: dict, questions: list[TableQuestion] | None = None) -> list[Relation]:
+    """Every relation of the questions (default: the shipped `load_questions()`) over the loaded tables, in order."""
+    return [table_relation(question, tables[question.table]) for question in questions or load_questions()]
 
 
 def _number_item(relation: str, fact: tuple, fields: dict, gold: int, candidates) -> Item:
@@ -448,7 +390,7 @@ def _math_relations(rng: np.random.Generator) -> list[Relation]:
 def build_relations(tables: dict, rng: np.random.Generator) -> dict[str, list[Relation]]:
     """subject -> its relations, in SUBJECT_AREAS order."""
     by_subject: dict[str, list[Relation]] = {subject: [] for subject in SUBJECT_AREAS}
-    for relation in _table_relations(tables) + _math_relations(rng):
+    for relation in table_relations(tables) + _math_relations(rng):
         by_subject[relation.subject].append(relation)
     return by_subject
 

@@ -1,4 +1,4 @@
-"""Extraction of last-token representations (`python -m repgeom.extract`); see `run.ExtractionJob`.
+"""Extraction of last-token representations (`python -m repgeom.extract`); see `job.ExtractionJob`.
 
 Only the light accuracy helpers are imported here, so that report code can use them without torch.
 """

@@ -10,7 +10,7 @@ import sys
 
 from repgeom.errors import entry_point
 from repgeom.extract.hooks import HOOKS
-from repgeom.extract.run import ExtractionJob, ExtractionSettings
+from repgeom.extract.job import ExtractionJob, ExtractionSettings
 from repgeom.shipped import deepspeed_config_arg
 from repgeom.store.layout import STORE_DTYPES, STORE_NAME
 

@@ -1,4 +1,5 @@
-"""Tokenisation with left truncation, length-sorted batches, padding, last-token indices and the token sample."""
+"""Tokenisation with left truncation, shared prefixes and the forward passes of a row chunk (`plan_chunk`),
+length-sorted batches, padding, last-token indices and the token sample."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -97,6 +98,59 @@ def shared_prefix_groups(token_lists: list[list[int]], min_length: int) -> list[
     if alone:
         groups.insert(0, PrefixGroup(np.sort(np.array(alone, dtype=np.int64)), 0))
     return groups
+
+
+@dataclass
+class Batch:
+    rows: np.ndarray               # chunk-relative rows, in computation order
+    sample_slots: np.ndarray       # the chunk's sample slots that this pass computes
+    sample_batch_rows: np.ndarray  # their row within the batch
+    sample_positions: np.ndarray   # their token position within the tokens this pass computes
+
+
+@dataclass
+class PrefixPlan:
+    """A prefix of `length` tokens that the prompts of `batches` share (0: none, the prompts run whole): one pass
+    computes it, with the chunk's sampled tokens that fall in it (`prefix_sample_*`), then the batches continue it."""
+    first_row: int                 # a chunk-relative row whose first `length` tokens are the prefix
+    length: int
+    prefix_sample_slots: np.ndarray
+    prefix_sample_positions: np.ndarray
+    batches: list[Batch]
+
+    @property
+    def n_passes(self) -> int:
+        return len(self.batches) + (1 if self.length else 0)
+
+
+def plan_chunk(token_lists: list[list[int]], sample_rows: np.ndarray, sample_positions: np.ndarray,
+               max_batch_tokens: int, min_shared_prefix: int) -> list[PrefixPlan]:
+    """The forward passes of one row chunk: prompts grouped by shared prefix (none when `min_shared_prefix` is 0),
+    each group in length-sorted batches. `sample_rows` are chunk-relative (-1 for an empty slot).
+    Deterministic in the chunk's tokens, so a chunk recomputed after a resume runs exactly the same passes."""
+    n_rows = len(token_lists)
+    lengths = np.array([len(ids) for ids in token_lists], dtype=np.int64)
+    groups = (shared_prefix_groups(token_lists, min_shared_prefix) if min_shared_prefix
+              else [PrefixGroup(np.arange(n_rows), 0)])
+    filled = np.flatnonzero(sample_rows >= 0)
+    plans = []
+    for group in groups:
+        in_group = np.zeros(n_rows, dtype=bool)
+        in_group[group.rows] = True
+        slots = filled[in_group[sample_rows[filled]]]
+        in_prefix = sample_positions[slots] < group.length
+        continued = slots[~in_prefix]
+        batches = []
+        for members in length_batches(lengths[group.rows] - group.length, max_batch_tokens, group.length):
+            rows = group.rows[members]
+            where = np.full(n_rows, -1)
+            where[rows] = np.arange(len(rows))
+            batch_slots = continued[where[sample_rows[continued]] >= 0]
+            batches.append(Batch(rows, batch_slots, where[sample_rows[batch_slots]],
+                                 sample_positions[batch_slots] - group.length))
+        plans.append(PrefixPlan(int(group.rows[0]), group.length, slots[in_prefix], sample_positions[slots[in_prefix]],
+                                batches))
+    return plans
 
 
 def pad_batch(token_lists: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:

@@ -114,11 +114,6 @@ def adapter_fingerprint(adapter: str | None) -> dict | None:
     return {"model_id": str(folder), "weights_sha256": digest.hexdigest(), "fingerprint": ADAPTER_FINGERPRINT}
 
 
-def legacy_adapter_fingerprint(adapter: str | None) -> dict | None:
-    """The fingerprint of groups extracted before `adapter_fingerprint` was canonical: every file's raw bytes."""
-    return None if adapter is None else model_fingerprint(adapter)
-
-
 def max_prompt_length(requested: int | None, model_config, adapter_config) -> int:
     """Tokens a prompt may have: --max-length, else the model's context, less any virtual tokens of the adapter."""
     limit = requested or getattr(model_config.get_text_config(), "max_position_embeddings", None)

@@ -10,11 +10,10 @@ Slurm time limit, its warning, a preemption) the run saves its state after the c
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from repgeom.errors import EXIT_STOPPED, entry_point
+from repgeom.errors import EXIT_STOPPED, entry_point, json_option
 from repgeom.finetune.params import FinetuneError, parse_params
 from repgeom.finetune.trainer import FinetuneJob, TrainingStopped
 from repgeom.models.loading import check_model_folder
@@ -58,11 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @entry_point("repgeom.finetune")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        raw = json.loads(args.params_json)
-    except json.JSONDecodeError as err:
-        raise FinetuneError(f"--params-json is not valid JSON: {err}") from err
-    params = parse_params(raw)
+    params = parse_params(json_option(args.params_json, "--params-json", FinetuneError))
     # A local --model folder must hold a config, a tokenizer and weights: say so (and what it holds) up front,
     # rather than as whichever transformers error the first loader happens to raise.
     check_model_folder(args.model)

@@ -7,6 +7,7 @@ GGUF model (shipped in a PyPI package, or a local file) into a `save_pretrained`
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import sys
@@ -14,7 +15,7 @@ import sys
 import pandas as pd
 import torch
 
-from repgeom.errors import InputError, entry_point
+from repgeom.errors import InputError, entry_point, json_option
 from repgeom.io import atomic_path, write_parquet
 from repgeom.models.build import build_llama, pretrain, save_model, train_tokenizer
 from repgeom.models.gguf import GgufImportError, import_gguf
@@ -22,14 +23,46 @@ from repgeom.models.gguf import GgufImportError, import_gguf
 log = logging.getLogger("repgeom.models")
 
 
+def _keyword_names(function, given: tuple[str, ...]) -> tuple[set[str], set[str]]:
+    """(required, allowed) keyword names of `function` besides the `given` ones."""
+    parameters = [p for name, p in inspect.signature(function).parameters.items() if name not in given]
+    return ({p.name for p in parameters if p.default is inspect.Parameter.empty}, {p.name for p in parameters})
+
+
+# Each section of the build parameters (the config's `models.NAME.build`) and the function that takes it.
+BUILD_SECTIONS = {"architecture": (build_llama, ("tokenizer", "seed")),
+                  "pretrain": (pretrain, ("model", "tokenizer", "texts", "seed"))}
+
+
+def build_params(text: str) -> dict:
+    """`--params-json` of `build`: seed, vocab_size, and the keywords of `build_llama` (architecture) and `pretrain`
+    (pretrain); a missing or unknown key is an `InputError` naming it."""
+    params = json_option(text, "--params-json")
+    missing = [key for key in ("seed", "vocab_size", *BUILD_SECTIONS) if key not in params]
+    if missing:
+        raise InputError(f"--params-json lacks key(s) {missing}")
+    for section, (function, given) in BUILD_SECTIONS.items():
+        if not isinstance(params[section], dict):
+            raise InputError(f"--params-json: {section} must be a JSON object, not {type(params[section]).__name__}")
+        required, allowed = _keyword_names(function, given)
+        lacking, unknown = sorted(required - set(params[section])), sorted(set(params[section]) - allowed)
+        if lacking or unknown:
+            raise InputError(f"--params-json: {section} " + "; ".join(
+                filter(None, [lacking and f"lacks {lacking}", unknown and f"has unknown key(s) {unknown}"])) +
+                f" (it takes {sorted(allowed)})")
+    return params
+
+
 def cmd_build(args) -> None:
-    params = json.loads(args.params_json)
+    params = build_params(args.params_json)
     torch.manual_seed(params["seed"])
     try:
         with open(args.corpus) as handle:
             texts = json.load(handle)
     except FileNotFoundError:
         raise InputError(f"--corpus: corpus file {args.corpus!r} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"--corpus: corpus file {args.corpus!r} is not valid JSON ({err})") from None
     tokenizer = train_tokenizer(texts, params["vocab_size"])
     model = build_llama(tokenizer, seed=params["seed"], **params["architecture"])
     n_params = sum(p.numel() for p in model.parameters())
@@ -44,11 +77,7 @@ def cmd_build(args) -> None:
 
 
 def cmd_import(args) -> None:
-    try:
-        source = json.loads(args.source_json)
-    except json.JSONDecodeError as err:
-        raise GgufImportError(f"--source-json is not valid JSON ({err}): {args.source_json!r}") from err
-    summary = import_gguf(source, args.out)
+    summary = import_gguf(json_option(args.source_json, "--source-json", GgufImportError), args.out)
     log.info("imported %s (%s %s, sha256 %s) as %s: %d layers, width %d, vocabulary %d, %.1fM parameters, in %.1f s",
              summary["file"], summary["package"] or "local file", summary["version"] or "", summary["sha256"][:12],
              summary["architecture"], summary["n_layers"], summary["hidden_size"], summary["vocab_size"],

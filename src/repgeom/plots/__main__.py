@@ -71,7 +71,7 @@ def cmd_concat(args) -> None:
 
 
 def cmd_variant_ari(args) -> None:
-    from repgeom.plots.figures import plot_variant_ari
+    from repgeom.plots.variants_figure import plot_variant_ari
 
     with atomic_path(args.out) as tmp:
         conditions = plot_variant_ari(read_parquet_table(args.metrics, "metric table", InputError), args.model, args.shots,
@@ -80,9 +80,7 @@ def cmd_variant_ari(args) -> None:
 
 
 def cmd_figures(args) -> None:
-    from repgeom.plots.model_figures import model_figures
     from repgeom.plots.inputs import (
-        ACCURACY_COLUMNS,
         METRIC_COLUMNS,
         OVERLAP_COLUMNS,
         check_conditions,
@@ -92,6 +90,8 @@ def cmd_figures(args) -> None:
         read_table,
         steps_from_runs,
     )
+    from repgeom.plots.model_figures import model_figures
+    from repgeom.tables import ACCURACY_COLUMNS
 
     params = parse_settings(args.settings_json)
     steps = steps_from_runs(args.checkpoints)
@@ -146,8 +146,8 @@ def cmd_compare_models(args) -> None:
 
 
 def write_logged(figures: dict, out_dir: str, pdf: bool) -> None:
-    """Write the figures (`model_figures.write_figures`), logging which were drawn and which have nothing to show."""
-    from repgeom.plots.model_figures import write_figures
+    """Write the figures (`parts.write_figures`), logging which were drawn and which have nothing to show."""
+    from repgeom.plots.parts import write_figures
 
     for name, fig in figures.items():
         reason = getattr(fig, "nothing_to_show", None)

@@ -2,15 +2,13 @@
 `tables/accuracy.csv`, is `repgeom.tables`."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import matplotlib
 
 matplotlib.use("Agg")  # no display on cluster nodes
 import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
 
 from repgeom.conditions import parse_condition  # noqa: E402
+from repgeom.plots.parts import FigureInputs  # noqa: E402
 from repgeom.plots.registry import NoData  # noqa: E402
 from repgeom.plots.selection import checkpoint_step, order_conditions  # noqa: E402
 from repgeom.tables import ACCURACY_COLUMNS  # noqa: E402
@@ -19,20 +17,20 @@ TABLE_HEADER = ["condition", "step", "prompts", "micro", "macro", "micro\n(argma
 ROW_COLOURS = {"base": "white", "control": "#eeeeee", "finetuned": "#fdebd6"}
 
 
-def plot_accuracy_table(accuracy: pd.DataFrame, model: str, *, steps: Mapping[str, int] | None = None,
-                        conditions: Sequence[str] | None = None):
-    """Every condition of `model` (base k-shot by k, each followed by its prompt controls, then fine-tuned
+def plot_accuracy_table(inputs: FigureInputs):
+    """Every condition of the model (base k-shot by k, each followed by its prompt controls, then fine-tuned
     checkpoints by method and step) with its accuracy, drawn as a table; controls shaded grey, checkpoints orange."""
-    rows = accuracy[accuracy["model"] == model]
-    if conditions is not None:
-        rows = rows[rows["condition"].isin(conditions)]
+    model, steps = inputs.model, inputs.steps
+    rows = inputs.model_rows("accuracy", "accuracy table")
+    if inputs.conditions is not None:
+        rows = rows[rows["condition"].isin(inputs.conditions)]
     if rows.empty:
-        raise NoData(f"the accuracy table has no rows for model {model!r}")
+        raise NoData(f"the accuracy table has no rows for model {model!r} under the conditions shown")
     rows = rows.groupby("condition").first()
     cells, colours = [], []
     for name in order_conditions(rows.index, steps):
         row, condition = rows.loc[name], parse_condition(name)
-        step = checkpoint_step(condition, steps or {})
+        step = checkpoint_step(condition, steps)
         cells.append([name, "–" if step is None else str(step), str(int(row["n"])),
                       *(f"{float(row[c]):.3f}" for c in ACCURACY_COLUMNS[3:])])
         kind = "finetuned" if condition.is_finetuned else "control" if condition.variant else "base"
@@ -61,9 +59,4 @@ def plot_accuracy_table(accuracy: pd.DataFrame, model: str, *, steps: Mapping[st
     return fig
 
 
-def draw_accuracy_table(inputs):
-    """The registry's drawing function (`repgeom.plots.registry`) for `accuracy_table`."""
-    return plot_accuracy_table(inputs.accuracy, inputs.model, steps=inputs.steps, conditions=inputs.conditions)
-
-
-__all__ = ["draw_accuracy_table", "plot_accuracy_table"]
+__all__ = ["plot_accuracy_table"]

@@ -9,7 +9,6 @@ condition that one of the models lacks is an `InputError` naming the model and t
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 import matplotlib
@@ -20,13 +19,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from repgeom.analysis.params import AnalysisParams  # noqa: E402
+from repgeom.analysis.params import AnalysisParams, gride_scale  # noqa: E402
+from repgeom.conditions import last_checkpoint_method  # noqa: E402
 from repgeom.errors import InputError  # noqa: E402
-from repgeom.plots.model_figures import _finish, _series, gride_scale, nothing_to_show, settings_footer  # noqa: E402
+from repgeom.plots.parts import finish_figure, metric_series, nothing_to_show, settings_footer  # noqa: E402
 from repgeom.plots.registry import COMPARISONS, ComparisonSpec, NoData  # noqa: E402
 from repgeom.plots.selection import final_checkpoints  # noqa: E402
 
-LAST_CHECKPOINT = re.compile(r"ft-(?P<method>[a-z_]+)-last")
 DEPTH_LABEL = "relative depth (layer / L: 0 = input of the first block, 1 = final norm)"
 
 
@@ -42,13 +41,13 @@ def resolve_conditions(model: str, names, wanted: Sequence[str], steps: Mapping[
     finals = final_checkpoints(names, steps)
     resolved = []
     for name in wanted:
-        last = LAST_CHECKPOINT.fullmatch(name)
-        if last and last["method"] in finals:
-            resolved.append(finals[last["method"]])
+        method = last_checkpoint_method(name)
+        if method in finals:
+            resolved.append(finals[method])
         elif name in names:
             resolved.append(name)
         else:
-            what = f"no checkpoint of method {last['method']!r}" if last else f"no rows for condition {name!r}"
+            what = f"no checkpoint of method {method!r}" if method else f"no rows for condition {name!r}"
             raise InputError(f"model {model!r} has {what} to compare (its conditions: {', '.join(sorted(names))})")
     return resolved
 
@@ -64,7 +63,7 @@ def plot_comparison(tables: Mapping[str, pd.DataFrame], conditions: Mapping[str,
     drawn = 0
     for column, (ax, name) in enumerate(zip(axes[0], wanted)):
         for index, (model, rows) in enumerate(tables.items()):
-            found = _series(rows, spec.metric, conditions[model][column], scale)
+            found = metric_series(rows, spec.metric, conditions[model][column], scale)
             if found.empty:
                 continue
             drawn += 1
@@ -87,7 +86,7 @@ def plot_comparison(tables: Mapping[str, pd.DataFrame], conditions: Mapping[str,
     if not drawn:
         at = f" at scale {scale:g}" if scale is not None else ""
         raise NoData(f"no model has finite {spec.metric} values{at} under the compared conditions")
-    return _finish(fig, axes, spec.title, footer, legend_title="model (L blocks)")
+    return finish_figure(fig, axes, spec.title, footer, legend_title="model (L blocks)")
 
 
 def comparison_figures(tables: Mapping[str, pd.DataFrame], wanted: Sequence[str],
@@ -111,5 +110,5 @@ def comparison_figures(tables: Mapping[str, pd.DataFrame], wanted: Sequence[str]
     return figures
 
 
-__all__ = ["DEPTH_LABEL", "LAST_CHECKPOINT", "comparison_figures", "n_blocks", "plot_comparison",
+__all__ = ["DEPTH_LABEL", "comparison_figures", "n_blocks", "plot_comparison",
            "resolve_conditions"]

@@ -2,7 +2,6 @@
 missing, so the command can stop with one line instead of a traceback."""
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,8 +9,8 @@ import pandas as pd
 
 from repgeom.analysis.params import AnalysisParams
 from repgeom.conditions import finetuned_condition, parse_condition
-from repgeom.errors import InputError  # a figure input is missing, unreadable or lacks what the figures need
-from repgeom.tables import ACCURACY_COLUMNS, LENS_TABLE_COLUMNS
+from repgeom.errors import InputError, json_option  # a figure input is missing, unreadable or lacks what the figures need
+from repgeom.tables import LENS_TABLE_COLUMNS
 
 METRIC_COLUMNS = ("model", "condition", "layer", "metric", "scale", "value", "error")
 OVERLAP_COLUMNS = ("model", "condition_a", "condition_b", "layer_a", "layer_b", "metric", "k", "value")
@@ -58,25 +57,10 @@ def read_lens(path: str | Path) -> pd.DataFrame:
     return lens
 
 
-def _json(text: str, option: str):
-    """A JSON literal, or the path of a JSON file."""
-    source = option
-    if not text.lstrip().startswith(("{", "[")):
-        path = Path(text)
-        if not path.is_file():
-            raise InputError(f"{option}: {text!r} is neither a JSON object nor an existing JSON file")
-        source, text = str(path), path.read_text()
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{source}: not valid JSON: {err}") from None
-
-
 def parse_settings(text: str, option: str = "--settings-json") -> AnalysisParams:
-    """The analysis parameters (config `analysis.params`; keys left out take the reference values)."""
-    params = _json(text, option)
-    if not isinstance(params, dict):
-        raise InputError(f"{option}: expected a JSON object of analysis parameters, got {type(params).__name__}")
+    """The analysis parameters (config `analysis.params`; keys left out take the reference values), as JSON or a
+    JSON file."""
+    params = json_option(text, option)
     try:
         return AnalysisParams.coerce(params)
     except (TypeError, ValueError) as err:
@@ -92,9 +76,7 @@ def steps_from_runs(specs: list[str]) -> dict[str, int]:
         if not sep or not method or not path:
             raise InputError(f"--checkpoints {spec!r}: expected METHOD=PATH/checkpoints.json")
         option = f"--checkpoints {spec}"
-        run = _json(path, option)
-        if not isinstance(run, dict):
-            raise InputError(f"{option}: expected a JSON object of checkpoint -> step, got {type(run).__name__}")
+        run = json_option(path, option)
         for checkpoint, step in run.items():
             name = finetuned_condition(method, checkpoint)
             try:

@@ -1,9 +1,10 @@
 """The reference paper's figures for one model, from the merged metric, overlap, accuracy and lens tables.
 
-Each `plot_*` function takes the long-form tables (any number of models; it keeps `model`'s rows) and returns a
+Each `plot_*` function is the registry's drawing function of one figure: it takes the figure's inputs
+(`parts.FigureInputs`: the long-form tables, any number of models, of which it keeps `model`'s rows) and returns a
 matplotlib Figure, or raises `NoData` saying why there is nothing to draw. `model_figures` builds the whole set,
 turning a `NoData` into a figure that says "nothing to show" and why, so that every file in `FIGURE_NAMES`
-always exists (the workflow declares them all as outputs); `write_figures` writes them atomically.
+always exists (the workflow declares them all as outputs); `parts.write_figures` writes them atomically.
 
 | file (`{name}.png`, `.pdf` with --pdf) | function | content |
 |---|---|---|
@@ -17,16 +18,14 @@ always exists (the workflow declares them all as outputs); `write_figures` write
 | `local_id_steps` | `plot_local_id_steps` | mean local ID against optimizer step, one line per layer (last-token rows; the token sample too where extracted), next to accuracy against step; one row per method |
 | `accuracy_table` | `repgeom.plots.accuracy_figure.plot_accuracy_table` | accuracy of every condition, as a table |
 
-The figure set, its order, labels and titles, and which function draws each (the `draw_*` functions here, called
-with a `FigureInputs`): `repgeom.plots.registry`. Which conditions the layer-wise figures show and how they are
-coloured: `repgeom.plots.selection`.
+The figure set, its order, labels and titles, and which function draws each: `repgeom.plots.registry`. What every
+figure is made of (series, legend, settings line): `repgeom.plots.parts`. Which conditions the layer-wise figures
+show and how they are coloured: `repgeom.plots.selection`.
 """
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import matplotlib
 
@@ -37,8 +36,10 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
-from repgeom.analysis.params import AnalysisParams  # noqa: E402
-from repgeom.io import atomic_path  # noqa: E402
+from repgeom.analysis.params import AnalysisParams, gride_scale  # noqa: E402
+from repgeom.conditions import shot_condition  # noqa: E402
+from repgeom.plots.parts import (FigureInputs, conditions_with_data, empty_panel, finish_figure,  # noqa: E402
+                                 metric_series, nothing_to_show, title_and_footer)
 from repgeom.plots.registry import FIGURE_NAMES, FIGURE_TITLES, NoData, drawer  # noqa: E402
 from repgeom.plots.selection import (  # noqa: E402
     base_conditions,
@@ -51,75 +52,11 @@ from repgeom.plots.selection import (  # noqa: E402
 from repgeom.tables import with_lens_metrics  # noqa: E402
 
 LAYER_LABEL = "layer (input of block i; last = final norm)"
-LENS_SETTINGS = ("logit lens: the final norm and the LM head applied to the residual stream entering block i at the last "
-                 "token (layer L: the model's prediction), log-softmax over the full vocabulary; accuracy: argmax over "
-                 "the letter tokens A-D; probability: the gold letter's, renormalised over A-D")
 STEP_LABEL = "optimizer step (0 = base model, 0-shot prompt)"
 CHANCE = 0.25
 
 
-def gride_scale(id_scale_index: int) -> int:
-    """n2 of the Gride scale index (ranks (2^i, 2^(i+1)), i counted from 1): index 4 -> (16, 32) -> 32."""
-    return 2 ** (id_scale_index + 1)
-
-
-def _model_rows(table: pd.DataFrame, model: str, what: str) -> pd.DataFrame:
-    rows = table[table["model"] == model]
-    if rows.empty:
-        raise NoData(f"the {what} has no rows for model {model!r}")
-    return rows
-
-
-def _keep(names, conditions: Sequence[str] | None) -> list[str]:
-    names = {n for n in names if pd.notna(n)}
-    return sorted(names if conditions is None else names & set(conditions))
-
-
-def _series(rows: pd.DataFrame, metric: str, condition: str, scale: float | None = None) -> pd.DataFrame:
-    """layer, value, error of one metric and condition, by layer (finite values only)."""
-    mask = (rows["metric"] == metric) & (rows["condition"] == condition)
-    if scale is not None:
-        mask &= np.isclose(pd.to_numeric(rows["scale"], errors="coerce").astype(float), scale)
-    found = rows.loc[mask, ["layer", "value", "error"]].astype(float)
-    found = found[np.isfinite(found["value"])].groupby("layer", as_index=False).first()
-    return found.sort_values("layer")
-
-
-def _with_data(rows: pd.DataFrame, metrics: Sequence[str], scale: float | None = None) -> set[str]:
-    """Conditions with at least one finite value of any of the metrics."""
-    mask = rows["metric"].isin(metrics) & np.isfinite(pd.to_numeric(rows["value"], errors="coerce").astype(float))
-    if scale is not None:
-        mask &= np.isclose(pd.to_numeric(rows["scale"], errors="coerce").astype(float), scale)
-    return set(rows.loc[mask, "condition"])
-
-
-def _finish(fig: Figure, axes, title: str, footer: str, legend_title: str = "condition") -> Figure:
-    """One legend outside the axes (right), the title, and the settings line under the axes."""
-    handles, labels = {}, []
-    for ax in np.ravel(axes):
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            if label not in handles:
-                handles[label] = handle
-                labels.append(label)
-    labels.sort(key=lambda label: label == "majority baseline")  # reference lines after the conditions
-    if handles:
-        fig.legend([handles[label] for label in labels], labels, loc="outside right upper", title=legend_title,
-                   fontsize=8, title_fontsize=9)
-    _title_and_footer(fig, title, footer)
-    return fig
-
-
-def _title_and_footer(fig: Figure, title: str, footer: str) -> None:
-    """The title at the top left (clear of the legend at the top right); the settings under the axes, wrapped
-    to the figure's width."""
-    fig.suptitle(title, fontsize=12, x=0.01, ha="left")
-    if footer:
-        width = int(fig.get_figwidth() * 15)
-        fig.supxlabel(textwrap.fill(footer, width), fontsize=7.5, color="0.25", x=0.01, ha="left")
-
-
-def _empty_panel(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=9, color="0.4", wrap=True)
+ZERO_SHOT = shot_condition(0)  # the base model on the prompts the fine-tuned checkpoints read
 
 
 @dataclass(frozen=True)
@@ -131,13 +68,19 @@ class Panel:
     baseline: str | None = None  # a metric drawn as one dotted black line (mean over the shown conditions)
 
 
-def layer_figure(metrics: pd.DataFrame, model: str, panels: Sequence[Panel], title: str, *,
-                 steps: Mapping[str, int] | None = None, conditions: Sequence[str] | None = None,
-                 scale: float | None = None, errorbars: bool = False, footer: str = "") -> Figure:
-    """Panels of metrics against layer, one line per shown condition (`selection.layerwise_conditions`)."""
-    rows = _model_rows(metrics, model, "metric table")
+def _keep(names, conditions: Sequence[str] | None) -> list[str]:
+    names = {n for n in names if pd.notna(n)}
+    return sorted(names if conditions is None else names & set(conditions))
+
+
+def layer_figure(inputs: FigureInputs, name: str, panels: Sequence[Panel], title: str, *,
+                 metrics: pd.DataFrame | None = None, scale: float | None = None, errorbars: bool = False) -> Figure:
+    """Panels of metrics against layer, one line per shown condition (`selection.layerwise_conditions`), with the
+    settings line of figure `name`; `metrics`: another metric table than the inputs' (e.g. joined with the lens)."""
+    model, steps = inputs.model, inputs.steps
+    rows = (inputs if metrics is None else FigureInputs(model, metrics)).model_rows("metrics", "metric table")
     wanted = [panel.metric for panel in panels]
-    available = _keep(_with_data(rows, wanted, scale), conditions)
+    available = _keep(conditions_with_data(rows, wanted, scale), inputs.conditions)
     shown = layerwise_conditions(available, steps)
     if not shown:
         at = f" at scale {scale:g}" if scale is not None else ""
@@ -149,7 +92,7 @@ def layer_figure(metrics: pd.DataFrame, model: str, panels: Sequence[Panel], tit
     for ax, panel in zip(axes[0], panels):
         drawn = 0
         for condition in shown:
-            found = _series(rows, panel.metric, condition, scale)
+            found = metric_series(rows, panel.metric, condition, scale)
             if found.empty:
                 continue
             drawn += 1
@@ -166,7 +109,7 @@ def layer_figure(metrics: pd.DataFrame, model: str, panels: Sequence[Panel], tit
                 ax.plot(base.index, base.values, color="black", linestyle=":", linewidth=1.4,
                         label="majority baseline")
         if not drawn:
-            _empty_panel(ax, f"no finite {panel.metric} values")
+            empty_panel(ax, f"no finite {panel.metric} values")
         ax.set_xlabel(LAYER_LABEL)
         ax.set_ylabel(panel.ylabel)
         if panel.title:
@@ -175,54 +118,59 @@ def layer_figure(metrics: pd.DataFrame, model: str, panels: Sequence[Panel], tit
             ax.set_ylim(*panel.ylim)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    return _finish(fig, axes, f"{model}: {title}", footer)
+    return finish_figure(fig, axes, f"{model}: {title}", inputs.footer(name))
 
 
-def plot_id_gride(metrics, model, n2, **kwargs) -> Figure:
+def plot_id_gride(inputs: FigureInputs) -> Figure:
+    """Gride ID at n2 of `id_scale_index` against layer, with its standard error."""
+    n2 = gride_scale(inputs.params.id_scale_index)
     panel = Panel("id_gride", f"intrinsic dimension (Gride, n2 = {n2:g})")
-    return layer_figure(metrics, model, [panel], f"intrinsic dimension (Gride at n1 = {n2 / 2:g}, n2 = {n2:g})",
-                        scale=n2, errorbars=True, **kwargs)
+    return layer_figure(inputs, "id_gride", [panel], f"intrinsic dimension (Gride at n1 = {n2 / 2:g}, n2 = {n2:g})",
+                        scale=n2, errorbars=True)
 
 
-def plot_n_clusters(metrics, model, **kwargs) -> Figure:
+def plot_n_clusters(inputs: FigureInputs) -> Figure:
     panel = Panel("n_clusters", "number of ADP clusters")
-    return layer_figure(metrics, model, [panel], "number of density peaks (ADP clusters, no halo)", **kwargs)
+    return layer_figure(inputs, "n_clusters", [panel], "number of density peaks (ADP clusters, no halo)")
 
 
-def plot_ari(metrics, model, **kwargs) -> Figure:
+def plot_ari(inputs: FigureInputs) -> Figure:
     panels = [Panel("ari_subject", "ARI with subjects", "clusters vs subjects", (-0.05, 1.05)),
               Panel("ari_letter", "ARI with answer letters", "clusters vs answer letters", (-0.05, 1.05))]
-    return layer_figure(metrics, model, panels, "adjusted Rand index of the ADP clusters", **kwargs)
+    return layer_figure(inputs, "ari", panels, "adjusted Rand index of the ADP clusters")
 
 
-def plot_label_overlap(metrics, model, **kwargs) -> Figure:
+def plot_label_overlap(inputs: FigureInputs) -> Figure:
     panels = [Panel("label_overlap_subject", "label overlap (subjects)", "neighbours sharing the subject",
                     (0, 1.05)),
               Panel("label_overlap_letter", "label overlap (answer letters)", "neighbours sharing the answer letter",
                     (0, 1.05))]
-    return layer_figure(metrics, model, panels, "label overlap of the nearest neighbours", **kwargs)
+    return layer_figure(inputs, "label_overlap", panels, "label overlap of the nearest neighbours")
 
 
-def plot_probe(metrics, model, **kwargs) -> Figure:
+def plot_probe(inputs: FigureInputs) -> Figure:
     panels = [Panel("probe_subject", "probe accuracy (subject)", "linear probe: subject", (0, 1.05),
                     baseline="probe_subject_baseline"),
               Panel("probe_letter", "probe accuracy (answer letter)", "linear probe: answer letter", (0, 1.05),
                     baseline="probe_letter_baseline")]
-    return layer_figure(metrics, model, panels, "linear-probe accuracy (cross-validated)", errorbars=True, **kwargs)
+    return layer_figure(inputs, "probe", panels, "linear-probe accuracy (cross-validated)", errorbars=True)
 
 
-def plot_logit_lens(metrics: pd.DataFrame, lens: pd.DataFrame, model: str, **kwargs) -> Figure:
-    """The logit lens on the answer letters against layer (`lens`: the lens table, `repgeom.tables.lens_table`):
-    constrained accuracy and mean gold-letter probability renormalised over A-D, beside the letter ARI of the ADP
-    clusters (from `metrics`), a line per shown condition."""
-    if not (lens["model"] == model).any():
-        raise NoData(f"the lens table has no rows for model {model!r} (a group extracted before the logit lens was "
-                     "kept has none: delete it and extract again)")
+def plot_logit_lens(inputs: FigureInputs) -> Figure:
+    """The logit lens on the answer letters against layer (the lens table, `repgeom.tables.lens_table`): constrained
+    accuracy and mean gold-letter probability renormalised over A-D, beside the letter ARI of the ADP clusters (from
+    the metric table), a line per shown condition."""
+    if inputs.lens is None:
+        raise NoData("no lens table was given")
+    if not (inputs.lens["model"] == inputs.model).any():
+        raise NoData(f"the lens table has no rows for model {inputs.model!r} (a group extracted before the logit lens "
+                     "was kept has none: delete it and extract again)")
     panels = [Panel("lens_accuracy", "accuracy (argmax over A–D)", "logit lens: accuracy", (-0.02, 1.02)),
               Panel("lens_gold_prob", "gold-letter probability (within A–D)", "logit lens: gold-letter probability",
                     (-0.02, 1.02)),
               Panel("ari_letter", "ARI with answer letters", "clusters vs answer letters", (-0.05, 1.05))]
-    return layer_figure(with_lens_metrics(metrics, lens), model, panels, FIGURE_TITLES["logit_lens"], **kwargs)
+    return layer_figure(inputs, "logit_lens", panels, FIGURE_TITLES["logit_lens"],
+                        metrics=with_lens_metrics(inputs.metrics, inputs.lens))
 
 
 def _pair(rows: pd.DataFrame, a: str, b: str) -> pd.Series:
@@ -233,15 +181,15 @@ def _pair(rows: pd.DataFrame, a: str, b: str) -> pd.Series:
     return found[np.isfinite(found)]
 
 
-def plot_data_overlap(overlap: pd.DataFrame, model: str, *, steps: Mapping[str, int] | None = None,
-                      conditions: Sequence[str] | None = None, footer: str = "") -> Figure:
+def plot_data_overlap(inputs: FigureInputs) -> Figure:
     """Top row: χ_k between each base k-shot condition and a method's last checkpoint, against layer; bottom row:
     χ_k between 0-shot (the base model on the prompts the checkpoints see) and each shown checkpoint; a column
     per fine-tuning method."""
-    rows = _model_rows(overlap, model, "overlap table")
+    model, steps = inputs.model, inputs.steps
+    rows = inputs.model_rows("overlap", "overlap table")
     rows = rows[(rows["metric"] == "data_overlap") & (rows["layer_a"] == rows["layer_b"])
                 & (rows["condition_a"] != rows["condition_b"])]
-    names = _keep(set(rows["condition_a"]) | set(rows["condition_b"]), conditions)
+    names = _keep(set(rows["condition_a"]) | set(rows["condition_b"]), inputs.conditions)
     finals = final_checkpoints(names, steps)
     bases = base_conditions(names)
     if not finals:
@@ -262,24 +210,24 @@ def plot_data_overlap(overlap: pd.DataFrame, model: str, *, steps: Mapping[str, 
             if not found.empty:
                 top.plot(found.index, found.values, markersize=4, **styles[base])
         top.set_title(f"k-shot (ICL) vs {final} (fine-tuned, last checkpoint)", fontsize=9.5)
-        if "0shot" in names:
+        if ZERO_SHOT in names:
             for checkpoint in checkpoints[method]:
-                found = _pair(rows, "0shot", checkpoint)
+                found = _pair(rows, ZERO_SHOT, checkpoint)
                 if not found.empty:
                     bottom.plot(found.index, found.values, markersize=4, **styles[checkpoint])
-            bottom.set_title(f"0shot (base model) vs {method} checkpoints", fontsize=9.5)
+            bottom.set_title(f"{ZERO_SHOT} (base model) vs {method} checkpoints", fontsize=9.5)
         else:
-            _empty_panel(bottom, "no 0shot condition to compare the checkpoints with")
+            empty_panel(bottom, f"no {ZERO_SHOT} condition to compare the checkpoints with")
         for ax in (top, bottom):
             if not ax.lines and not ax.texts:
-                _empty_panel(ax, "no overlap rows for these pairs")
+                empty_panel(ax, "no overlap rows for these pairs")
             ax.set_ylim(0, 1.05)
             ax.set_ylabel(f"data overlap χ_k (k = {k})")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
         bottom.set_xlabel(LAYER_LABEL)
-    return _finish(fig, axes, f"{model}: {FIGURE_TITLES['data_overlap']}", footer,
-                   legend_title="the other condition")
+    return finish_figure(fig, axes, f"{model}: {FIGURE_TITLES['data_overlap']}", inputs.footer("data_overlap"),
+                         legend_title="the other condition")
 
 
 def _spread_layers(layers: Sequence[int], n: int) -> list[int]:
@@ -289,29 +237,28 @@ def _spread_layers(layers: Sequence[int], n: int) -> list[int]:
     return sorted({layers[i] for i in np.round(np.linspace(0, len(layers) - 1, n)).astype(int)})
 
 
-def plot_local_id_steps(metrics: pd.DataFrame, accuracy: pd.DataFrame, model: str,
-                        steps: Mapping[str, int] | None, *, conditions: Sequence[str] | None = None,
-                        max_layers: int = 8, footer: str = "") -> Figure:
+def plot_local_id_steps(inputs: FigureInputs, max_layers: int = 8) -> Figure:
     """Per fine-tuning method (a row): mean local ID against optimizer step, a line per layer (at most
     `max_layers`, evenly spread over the layers that have values), for the last-token rows and, where extracted,
     the all-token sample; then constrained accuracy (micro solid, macro dashed) against step, with each k-shot
     prompt's accuracy on the base model as a dotted horizontal line. Step 0 is `0shot` (the base model on the same
     0-shot prompts); a checkpoint saved under two names at one step is drawn once."""
-    rows = _model_rows(metrics, model, "metric table")
-    acc = _model_rows(accuracy, model, "accuracy table")
-    names = _keep(set(rows["condition"]) | set(acc["condition"]), conditions)
+    model, steps = inputs.model, inputs.steps
+    rows = inputs.model_rows("metrics", "metric table")
+    acc = inputs.model_rows("accuracy", "accuracy table")
+    names = _keep(set(rows["condition"]) | set(acc["condition"]), inputs.conditions)
     series = step_series(names, steps)
     if not series:
         raise NoData(f"model {model!r} has no fine-tuned checkpoint with a known optimizer step in the tables, so "
                      "there is nothing to place against step (fine-tuning is off, or the step mapping is empty)")
     finetuned = {c for s in series.values() for _, c in s}
-    local = [m for m in ("local_id_mean", "token_local_id_mean") if _with_data(rows, [m]) & finetuned]
-    start = [(0, "0shot")] if "0shot" in names else []
+    local = [m for m in ("local_id_mean", "token_local_id_mean") if conditions_with_data(rows, [m]) & finetuned]
+    start = [(0, ZERO_SHOT)] if ZERO_SHOT in names else []
     cmap = matplotlib.colormaps["viridis"]
     fig, axes = plt.subplots(len(series), len(local) + 1, figsize=(4.8 * (len(local) + 1) + 2.4,
                                                                    3.9 * len(series)),
                              squeeze=False, layout="constrained")
-    base_acc = acc[acc["condition"].isin(base_conditions(names)) & (acc["condition"] != "0shot")]
+    base_acc = acc[acc["condition"].isin(base_conditions(names)) & (acc["condition"] != ZERO_SHOT)]
     base_colours = condition_styles(base_conditions(names))
     panels = {}  # (row, metric) -> (rows of the metric, layer x condition table, layers drawn)
     for row, (method, points) in enumerate(series.items()):
@@ -342,7 +289,7 @@ def plot_local_id_steps(metrics: pd.DataFrame, accuracy: pd.DataFrame, model: st
             ax.set_title(f"{method}: mean local ID ({what}{neighbours})", fontsize=9.5)
             ax.set_ylabel("mean local ID")
             if not layers:
-                _empty_panel(ax, f"no finite {metric} values")
+                empty_panel(ax, f"no finite {metric} values")
         ax = axes[row, len(local)]
         by_condition = acc.groupby("condition").first()
         for column, style in (("micro", "-"), ("macro", "--")):
@@ -363,7 +310,7 @@ def plot_local_id_steps(metrics: pd.DataFrame, accuracy: pd.DataFrame, model: st
             ax.set_xlabel(STEP_LABEL)
             ax.grid(alpha=0.3)
     _two_legends(fig, axes, len(local))
-    _title_and_footer(fig, f"{model}: {FIGURE_TITLES['local_id_steps']}", footer)
+    title_and_footer(fig, f"{model}: {FIGURE_TITLES['local_id_steps']}", inputs.footer("local_id_steps"))
     return fig
 
 
@@ -387,107 +334,13 @@ def _two_legends(fig: Figure, axes, n_local: int) -> None:
                    title_fontsize=9)
 
 
-def nothing_to_show(name: str, model: str, reason: str) -> Figure:
-    """A figure that says there is nothing to show, and why (the workflow declares every figure)."""
-    fig = plt.figure(figsize=(8, 2.6))
-    fig.text(0.5, 0.72, f"{model}: {FIGURE_TITLES.get(name, name)}", ha="center", va="center", fontsize=13,
-             weight="bold")
-    fig.text(0.5, 0.38, "Nothing to show: " + textwrap.fill(reason, 90), ha="center", va="center", fontsize=10)
-    fig.nothing_to_show = reason
-    return fig
-
-
-def settings_footer(name: str, params: AnalysisParams) -> str:
-    """The analysis settings a figure depends on, as one line under it (`name`: a figure's, or "lens": the logit
-    lens's alone)."""
-    n2 = gride_scale(params.id_scale_index)
-    clusters = (f"ADP clustering with Z = {params.Z:g}, no halo, on the kNN density (k = {params.density_k}) with "
-                f"the Gride ID at n2 = {n2}; maxk = {params.maxk}")
-    lines = {
-        "id_gride": f"Gride ID at ranks (n1, n2) = ({n2 // 2}, {n2}) (id_scale_index = {params.id_scale_index}, "
-                    f"range_max = {params.range_max}); error bars: standard error; maxk = {params.maxk}",
-        "n_clusters": clusters,
-        "ari": clusters + "; ARI against the subject and the gold letter of each prompt",
-        "label_overlap": f"each point's floor({params.class_fraction:g} × class size) nearest neighbours; mean over "
-                         f"classes (macro); maxk = {params.maxk}",
-        "data_overlap": f"χ_k with k = {params.overlap_k}: the fraction of the k nearest neighbours two "
-                        "representations of the same prompts share, at the same layer; fine-tuned checkpoints "
-                        "see the 0-shot prompts",
-        "probe": f"multinomial logistic regression on the first {params.probe_pca_dim} principal components, "
-                 f"{params.probe_folds} stratified folds; error bars: standard deviation over folds",
-        "lens": LENS_SETTINGS,
-        "logit_lens": f"{LENS_SETTINGS}; letter ARI: {clusters}",
-        "local_id_steps": f"local ID: TwoNN in each point's L = {params.local_id_neighbors} nearest neighbours, the "
-                          f"largest {params.local_id_discard:.0%} of r2/r1 dropped; step 0 = the base model, "
-                          "0-shot prompt; accuracy: argmax over the letter tokens A-D",
-        "accuracy_table": "",
-    }
-    common = "all distances Euclidean on the distinct rows in float64"
-    return "; ".join(filter(None, [lines.get(name, ""), common if name not in ("accuracy_table", "lens") else ""]))
-
-
-@dataclass(frozen=True)
-class FigureInputs:
-    """What every drawing function of the registry gets: the merged tables, the model, the optimizer step of each
-    fine-tuned condition, the analysis settings, the conditions to show (None: all) and the lens table (None: not
-    given)."""
-    metrics: pd.DataFrame
-    overlap: pd.DataFrame
-    accuracy: pd.DataFrame
-    model: str
-    steps: dict[str, int] = field(default_factory=dict)
-    params: AnalysisParams = field(default_factory=AnalysisParams)
-    conditions: Sequence[str] | None = None
-    lens: pd.DataFrame | None = None
-
-    def common(self, name: str) -> dict:
-        """steps, conditions and the settings footer of figure `name`, as the `plot_*` functions take them."""
-        return dict(steps=self.steps, conditions=self.conditions, footer=settings_footer(name, self.params))
-
-
-def draw_id_gride(inputs: FigureInputs) -> Figure:
-    return plot_id_gride(inputs.metrics, inputs.model, gride_scale(inputs.params.id_scale_index),
-                         **inputs.common("id_gride"))
-
-
-def draw_n_clusters(inputs: FigureInputs) -> Figure:
-    return plot_n_clusters(inputs.metrics, inputs.model, **inputs.common("n_clusters"))
-
-
-def draw_ari(inputs: FigureInputs) -> Figure:
-    return plot_ari(inputs.metrics, inputs.model, **inputs.common("ari"))
-
-
-def draw_label_overlap(inputs: FigureInputs) -> Figure:
-    return plot_label_overlap(inputs.metrics, inputs.model, **inputs.common("label_overlap"))
-
-
-def draw_data_overlap(inputs: FigureInputs) -> Figure:
-    return plot_data_overlap(inputs.overlap, inputs.model, **inputs.common("data_overlap"))
-
-
-def draw_probe(inputs: FigureInputs) -> Figure:
-    return plot_probe(inputs.metrics, inputs.model, **inputs.common("probe"))
-
-
-def draw_logit_lens(inputs: FigureInputs) -> Figure:
-    if inputs.lens is None:
-        raise NoData("no lens table was given")
-    return plot_logit_lens(inputs.metrics, inputs.lens, inputs.model, **inputs.common("logit_lens"))
-
-
-def draw_local_id_steps(inputs: FigureInputs) -> Figure:
-    return plot_local_id_steps(inputs.metrics, inputs.accuracy, inputs.model, inputs.steps,
-                               conditions=inputs.conditions, footer=settings_footer("local_id_steps", inputs.params))
-
-
 def model_figures(metrics: pd.DataFrame, overlap: pd.DataFrame, accuracy: pd.DataFrame, model: str,
                   steps: Mapping[str, int] | None, params: AnalysisParams | Mapping | None = None, *,
                   conditions: Sequence[str] | None = None, lens: pd.DataFrame | None = None) -> dict[str, Figure]:
     """Every figure of `FIGURE_NAMES` for one model, each drawn by its registry function; a figure without data
     (the logit lens without a `lens` table) says so (and why) instead."""
-    inputs = FigureInputs(metrics, overlap, accuracy, model, dict(steps or {}), AnalysisParams.coerce(params),
-                          conditions, lens)
+    inputs = FigureInputs(model, metrics, overlap, accuracy, lens, dict(steps or {}), AnalysisParams.coerce(params),
+                          conditions)
     figures = {}
     for name in FIGURE_NAMES:
         try:
@@ -497,25 +350,8 @@ def model_figures(metrics: pd.DataFrame, overlap: pd.DataFrame, accuracy: pd.Dat
     return figures
 
 
-def write_figures(figures: Mapping[str, Figure], out_dir: str | Path, pdf: bool = False,
-                  dpi: int = 130) -> list[Path]:
-    """`{name}.png` (and `{name}.pdf`) for each figure, each written atomically; the figures are closed."""
-    out_dir = Path(out_dir)
-    written = []
-    for name, fig in figures.items():
-        for suffix in (".png", ".pdf") if pdf else (".png",):
-            path = out_dir / f"{name}{suffix}"
-            with atomic_path(path) as tmp:
-                fig.savefig(tmp, format=suffix[1:], dpi=dpi)
-            written.append(path)
-        plt.close(fig)
-    return written
-
-
 __all__ = [
-    "FIGURE_NAMES", "FigureInputs", "LENS_SETTINGS", "NoData", "Panel", "draw_ari", "draw_data_overlap",
-    "draw_id_gride", "draw_label_overlap", "draw_local_id_steps", "draw_logit_lens", "draw_n_clusters", "draw_probe",
-    "gride_scale", "layer_figure", "model_figures", "nothing_to_show", "plot_ari", "plot_data_overlap",
-    "plot_id_gride", "plot_label_overlap", "plot_local_id_steps", "plot_logit_lens", "plot_n_clusters", "plot_probe",
-    "settings_footer", "write_figures",
+    "FIGURE_NAMES", "FigureInputs", "NoData", "Panel", "layer_figure", "model_figures", "plot_ari",
+    "plot_data_overlap", "plot_id_gride", "plot_label_overlap", "plot_local_id_steps", "plot_logit_lens",
+    "plot_n_clusters", "plot_probe",
 ]

@@ -3,8 +3,9 @@
 
 `FIGURES`, the per-model set: each figure's file name, its label in the Snakemake report, its title, and the
 function that draws it. A figure is added here (and drawn by the function `draw` names, in
-`repgeom.plots.model_figures` or a module of its own), plus its caption `workflow/report/{name}.rst`; the workflow's
-outputs, the report's labels and `python -m repgeom.plots figures` follow from this table.
+`repgeom.plots.model_figures` or a module of its own, called with a `parts.FigureInputs`), plus its caption
+`workflow/report/{name}.rst`; the workflow's outputs, the report's labels and `python -m repgeom.plots figures` follow
+from this table.
 
 `COMPARISONS`, the figures across models (a run with two or more models): one per-layer metric each, drawn by
 `repgeom.plots.comparison` against relative depth, a line per model and a panel per compared condition. Another
@@ -27,30 +28,30 @@ class FigureSpec:
     name: str  # file stem: figures/{model}/{name}.png (and .pdf)
     label: str  # the report's "figure" label
     title: str  # the figure's heading (and that of its "nothing to show" stand-in)
-    draw: str  # "module:function", called with a `model_figures.FigureInputs`; returns a Figure or raises NoData
+    draw: str  # "module:function", called with a `parts.FigureInputs`; returns a Figure or raises NoData
 
 
 FIGURES: dict[str, FigureSpec] = {spec.name: spec for spec in (
     FigureSpec("id_gride", "intrinsic dimension", "intrinsic dimension (Gride) against layer",
-               "repgeom.plots.model_figures:draw_id_gride"),
+               "repgeom.plots.model_figures:plot_id_gride"),
     FigureSpec("n_clusters", "number of clusters", "number of ADP clusters against layer",
-               "repgeom.plots.model_figures:draw_n_clusters"),
+               "repgeom.plots.model_figures:plot_n_clusters"),
     FigureSpec("ari", "ARI (subjects, letters)", "ARI of the ADP clusters with subjects and with answer letters",
-               "repgeom.plots.model_figures:draw_ari"),
+               "repgeom.plots.model_figures:plot_ari"),
     FigureSpec("label_overlap", "label overlap", "label overlap with subjects and with answer letters",
-               "repgeom.plots.model_figures:draw_label_overlap"),
+               "repgeom.plots.model_figures:plot_label_overlap"),
     FigureSpec("data_overlap", "data overlap ICL vs fine-tuning",
                "data overlap between in-context learning and fine-tuning",
-               "repgeom.plots.model_figures:draw_data_overlap"),
+               "repgeom.plots.model_figures:plot_data_overlap"),
     FigureSpec("probe", "linear probes", "linear-probe accuracy against layer",
-               "repgeom.plots.model_figures:draw_probe"),
+               "repgeom.plots.model_figures:plot_probe"),
     FigureSpec("logit_lens", "logit lens (answer letters)",
                "logit lens on the answer letters against layer, beside the letter ARI",
-               "repgeom.plots.model_figures:draw_logit_lens"),
+               "repgeom.plots.model_figures:plot_logit_lens"),
     FigureSpec("local_id_steps", "local ID and accuracy vs step", "mean local ID and accuracy against fine-tuning step",
-               "repgeom.plots.model_figures:draw_local_id_steps"),
+               "repgeom.plots.model_figures:plot_local_id_steps"),
     FigureSpec("accuracy_table", "accuracy table", "accuracy per condition",
-               "repgeom.plots.accuracy_figure:draw_accuracy_table"),
+               "repgeom.plots.accuracy_figure:plot_accuracy_table"),
 )}
 
 FIGURE_NAMES: tuple[str, ...] = tuple(FIGURES)
@@ -67,7 +68,7 @@ class ComparisonSpec:
     ylabel: str
     ylim: tuple[float, float] | None = None
     at_gride_scale: bool = False  # a metric with several scales, drawn at n2 of analysis.params.id_scale_index
-    settings: str = ""  # the settings line (`model_figures.settings_footer`): a per-model figure's name, or "lens"
+    settings: str = ""  # the settings line (`parts.settings_footer`): a per-model figure's name, or "lens"
 
 
 COMPARISONS: dict[str, ComparisonSpec] = {spec.name: spec for spec in (

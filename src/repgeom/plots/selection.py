@@ -54,7 +54,7 @@ def order_conditions(names: Iterable[str], steps: Mapping[str, int] | None = Non
 
 def base_conditions(names: Iterable[str]) -> list[str]:
     """The plain `{k}shot` conditions, by k."""
-    return order_conditions(n for n in names if not (c := parse_condition(n)).is_finetuned and c.variant is None)
+    return order_conditions(n for n in names if parse_condition(n).is_base)
 
 
 def step_series(names: Iterable[str], steps: Mapping[str, int] | None = None) -> dict[str, list[tuple[int, str]]]:

@@ -81,19 +81,29 @@ def config_differences(recorded, now, path: str):
 
 def load_config(path: str | Path, schema: str | Path | None = None) -> dict:
     """A YAML or JSON config, with the schema's defaults filled in as the workflow's validation fills them; an
-    `InputError` if the file is missing, unreadable or not a mapping."""
+    `InputError` in one line if the file (or the schema) is missing, unreadable, not YAML or not a mapping."""
+    config = _read_yaml(path, "config")
+    if schema is not None or Path(path).with_name("schema.yaml").is_file():
+        fill_defaults(config, _read_yaml(schema or Path(path).with_name("schema.yaml"), "config schema"))
+    return config
+
+
+def _read_yaml(path: str | Path, what: str) -> dict:
+    """A YAML (or JSON) mapping, or an `InputError` naming the file and what is wrong, in one line."""
     import yaml
 
     try:
-        config = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise InputError(str(err)) from err
-    if not isinstance(config, dict):
-        raise InputError(f"config {path} is not a mapping")
-    schema = Path(schema) if schema else Path(path).with_name("schema.yaml")
-    if schema.is_file():
-        fill_defaults(config, yaml.safe_load(schema.read_text()))
-    return config
+        value = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as err:
+        raise InputError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise InputError(f"cannot read {what} {path}: not valid YAML{at}: {problem}") from None
+    if not isinstance(value, dict):
+        raise InputError(f"cannot read {what} {path}: not a mapping")
+    return value
 
 
 def fill_defaults(config: dict, schema: dict) -> None:
@@ -356,7 +366,6 @@ def trace(artifact: str, out=None) -> int:
     record = lineage.record(path)
     if not isinstance(record, dict):
         reason = record if isinstance(record, RecordError) else "it has no provenance record"
-        print(f"repgeom audit --trace: {relative(path)}: {reason}", file=sys.stderr)
-        return 1
+        raise InputError(f"--trace {relative(path)}: {reason}")
     node(path, 0)
     return 0

@@ -1,9 +1,16 @@
-"""The `repgeom` command: `repgeom run ... -- COMMAND` (the job wrapper) and `repgeom audit RESULTS_DIR`."""
+"""The `repgeom` command: `repgeom run ... -- COMMAND` (the job wrapper) and `repgeom audit RESULTS_DIR`.
+
+Both run under the entry points' error contract (`repgeom.errors`): bad input is one line `repgeom run: error: …` or
+`repgeom audit: error: …` and exit status 1; a usage error exits 2. Otherwise `repgeom run` exits with the wrapped
+command's status, and `repgeom audit` with 0 when the results are clean and 1 on any finding (listed).
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+
+from repgeom.errors import InputError, run_main
 
 USAGE = """usage: repgeom run --meta JSON [--inputs P...] [--outputs P...] [--extra-inputs P...] [--extra-outputs P...]
                    -- COMMAND...
@@ -26,28 +33,22 @@ def audit_parser() -> argparse.ArgumentParser:
 
 
 def run_audit(argv: list[str]) -> int:
-    from repgeom.errors import InputError
     from repgeom.provenance.audit import RESOLVED_CONFIG, audit, load_config, trace
 
-    args = audit_parser().parse_args(argv)
+    parser = audit_parser()
+    args = parser.parse_args(argv)
     if args.trace:
         return trace(args.trace)
     if not args.results_dir:
-        print("repgeom audit: give the results folder (or --trace ARTIFACT)", file=sys.stderr)
-        return 2
+        parser.error("give the results folder (or --trace ARTIFACT)")
     if not os.path.isdir(args.results_dir):
-        print(f"repgeom audit: results folder {args.results_dir} does not exist", file=sys.stderr)
-        return 2
+        raise InputError(f"results folder {args.results_dir} does not exist")
     config_path = args.config
     if config_path is None and os.path.isfile(os.path.join(args.results_dir, RESOLVED_CONFIG)):
         config_path = os.path.join(args.results_dir, RESOLVED_CONFIG)
     config = None
     if config_path:
-        try:
-            config = load_config(config_path, args.schema)
-        except InputError as err:
-            print(f"repgeom audit: cannot read config {config_path}: {err}", file=sys.stderr)
-            return 2
+        config = load_config(config_path, args.schema)
         print(f"audit: comparing config keys with {config_path}")
     return audit(args.results_dir, config, args.strict_code)
 
@@ -59,10 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "run":
-        from repgeom.provenance.wrapper import main as run_main
+        from repgeom.provenance.wrapper import main as wrap_job
 
-        return run_main(rest)
+        return run_main(lambda: wrap_job(rest), "repgeom run")
     if command == "audit":
-        return run_audit(rest)
-    print(f"repgeom: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+        return run_main(lambda: run_audit(rest), "repgeom audit")
+    print(f"{USAGE}\nrepgeom: error: unknown command {command!r}", file=sys.stderr)
     return 2

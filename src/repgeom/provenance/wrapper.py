@@ -8,6 +8,10 @@ still matches its size and mtime takes the hash from that record). The command i
 SIGHUP are passed on to it (a signal sent to the whole process group or Slurm step thus reaches it twice, which a
 command that just exits on SIGTERM does not mind), and its exit status (or the signal that killed it) becomes the
 wrapper's. Only after it succeeds are the outputs hashed and their records written, all of them or none.
+
+Exit status (`repgeom.errors`): the command's own; 1 with one line `repgeom run: error: MESSAGE` when the job cannot
+be run (a bad --meta, a missing input, a command that cannot start) or its outputs cannot be recorded after it
+succeeded; 2 for a usage error.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from repgeom.errors import InputError, json_option
 from repgeom.provenance.hashing import RECORD_SUFFIX, ZARR_META, hash_path, kind_of, stat_signature, zarr_group_hash
 from repgeom.provenance.records import (SCHEMA_VERSION, RecordError, code_version, config_sha256, host_info, iso,
                                         own_output, package_versions, read_record, relative, remove_record, utc_now,
@@ -28,37 +33,19 @@ from repgeom.provenance.records import (SCHEMA_VERSION, RecordError, code_versio
 
 META_KEYS = ("rule", "wildcards", "params", "config_subset", "seeds", "model", "dataset")
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-EXIT_USAGE = 2
-
-
-class JobError(RuntimeError):
-    """The wrapper cannot run the job (exit 2) or record it after it succeeded (exit 1); the message says why."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_USAGE):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def parse_meta(text: str) -> dict:
     """The workflow's JSON description of the job (or `@FILE` holding it)."""
-    source = "--meta"
-    if text.startswith("@"):
-        source = text[1:]
-        text = Path(source).read_text()
-    try:
-        meta = json.loads(text)
-    except ValueError as err:
-        raise JobError(f"{source} is not valid JSON: {err}") from None
-    if not isinstance(meta, dict):
-        raise JobError(f"{source} must be a JSON object, not {type(meta).__name__}")
+    meta = json_option(text, "--meta")
     unknown = sorted(set(meta) - set(META_KEYS))
     if unknown:
-        raise JobError(f"{source} has unknown key(s) {unknown}; known: {list(META_KEYS)}")
+        raise InputError(f"--meta has unknown key(s) {unknown}; known: {list(META_KEYS)}")
     if not isinstance(meta.get("rule"), str) or not meta["rule"]:
-        raise JobError(f"{source} lacks 'rule' (the rule's name)")
+        raise InputError("--meta lacks 'rule' (the rule's name)")
     subset = meta.get("config_subset") or {}
     if not isinstance(subset, dict):
-        raise JobError(f"{source}: 'config_subset' must map dotted config keys to values")
+        raise InputError("--meta: 'config_subset' must map dotted config keys to values")
     return {"wildcards": {}, "params": {}, "seeds": {}, "model": None, "dataset": None, **meta,
             "config_subset": subset}
 
@@ -76,7 +63,7 @@ def _unique(paths) -> list[str]:
 def input_entry(path: str) -> dict:
     kind = kind_of(path)
     if kind is None:
-        raise JobError(f"input {path} does not exist")
+        raise InputError(f"input {path} does not exist")
     try:
         record = read_record(path)
     except RecordError:
@@ -103,7 +90,7 @@ def _zarr_content_hash(path: str) -> str:
 def output_entry(path: str) -> dict:
     kind = kind_of(path)
     if kind is None:
-        raise JobError(f"the command succeeded but did not make its output {path}", 1)
+        raise InputError(f"the command succeeded but did not make its output {path}")
     signature = stat_signature(path, kind)
     sha = _zarr_content_hash(path) if kind == "zarr" else hash_path(path)[1]
     return {"path": relative(path), "kind": kind, "sha256": sha, **signature}
@@ -114,7 +101,7 @@ def run_command(command: list[str]) -> int:
     try:
         child = subprocess.Popen(command)
     except OSError as err:
-        raise JobError(f"cannot start {command[0]!r}: {err}") from None
+        raise InputError(f"cannot start {command[0]!r}: {err}") from None
 
     def forward(signum, _frame):
         try:
@@ -157,7 +144,7 @@ def run_job(meta: dict, inputs: list[str], outputs: list[str], command: list[str
     try:
         input_entries = [input_entry(path) for path in inputs]
     except (OSError, RecordError) as err:
-        raise JobError(f"cannot hash the inputs: {err}") from None
+        raise InputError(f"cannot hash the inputs: {err}") from None
     overhead = time.perf_counter() - clock
 
     returncode = run_command(command)
@@ -170,7 +157,7 @@ def run_job(meta: dict, inputs: list[str], outputs: list[str], command: list[str
     try:
         output_entries = [output_entry(path) for path in outputs]
     except (OSError, RecordError) as err:
-        raise JobError(f"the command succeeded but its outputs cannot be hashed: {err}", 1) from None
+        raise InputError(f"the command succeeded but its outputs cannot be hashed: {err}") from None
     record = {
         "schema_version": SCHEMA_VERSION, "rule": meta["rule"], "wildcards": meta["wildcards"], "command": command,
         "workdir": os.getcwd(), "inputs": input_entries, "outputs": output_entries, "params": meta["params"],
@@ -190,7 +177,7 @@ def run_job(meta: dict, inputs: list[str], outputs: list[str], command: list[str
         for path in written:  # all of the job's records or none
             remove_record(path)
         if isinstance(err, (OSError, RecordError, ValueError)):
-            raise JobError(f"the command succeeded but its records cannot be written: {err}", 1) from None
+            raise InputError(f"the command succeeded but its records cannot be written: {err}") from None
         raise
     print(f"provenance: recorded {len(outputs)} output(s) of rule {meta['rule']} "
           f"(job {record['duration_s']:.2f} s, provenance {record['provenance_s']:.2f} s)", file=sys.stderr)
@@ -216,22 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    """`repgeom run` (run under `repgeom.errors.run_main` by the `repgeom` command): the command's exit status."""
+    parser = build_parser()
     if "--" not in argv:
-        print("repgeom run: give the command after `--`", file=sys.stderr)
-        return EXIT_USAGE
+        parser.error("give the command after `--`")
     cut = argv.index("--")
-    args = build_parser().parse_args(argv[:cut])
+    args = parser.parse_args(argv[:cut])
     command = argv[cut + 1:]
     if not command:
-        print("repgeom run: the command after `--` is empty", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        meta = parse_meta(args.meta)
-        return run_job(meta, [*args.inputs, *args.extra_inputs], [*args.outputs, *args.extra_outputs], command,
-                       args.extra_output_globs)
-    except JobError as err:
-        print(f"repgeom run: {err}", file=sys.stderr)
-        return err.exit_code
-    except OSError as err:  # e.g. an unreadable --meta @FILE
-        print(f"repgeom run: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        parser.error("the command after `--` is empty")
+    meta = parse_meta(args.meta)
+    return run_job(meta, [*args.inputs, *args.extra_inputs], [*args.outputs, *args.extra_outputs], command,
+                   args.extra_output_globs)

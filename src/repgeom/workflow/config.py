@@ -37,6 +37,7 @@ def config_errors(config: dict, schema_path: str | Path) -> list[str]:
 def cross_section_errors(config: dict) -> list[str]:
     """What the schema cannot say: settings of one section that another section's settings rule out."""
     from repgeom.finetune.params import FinetuneError, method_params, parse_params
+    from repgeom.workflow.plan import compared_condition_errors
 
     lines = []
     generated = (config["dataset"].get("generate") or {}).get("kind")
@@ -50,4 +51,4 @@ def cross_section_errors(config: dict) -> list[str]:
             parse_params(method_params(section, method))
         except FinetuneError as err:
             lines.append(f"finetune.methods.{method}: {err}")
-    return lines
+    return lines + compared_condition_errors(config)

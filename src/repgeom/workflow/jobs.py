@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from repgeom.provenance.records import config_subset
 
@@ -25,3 +25,22 @@ def job_meta(config: Mapping, rule: str, wildcards: Mapping[str, str], config_ke
         "model": model,
         "dataset": dataset,
     })
+
+
+def provenance_meta(config: Mapping, rule: str, config_keys=(), seed_keys=(), params=None, *,
+                    model_spec: Callable[[str], str], dataset: dict) -> Callable:
+    """A rule's `params.provenance`: a function of the wildcards giving `job_meta` (`params(wildcards)`: the resolved
+    parameters where the config leaves defaults; `model_spec(model)`: what the job loads for the `{model}` wildcard;
+    `dataset`: the dataset the run reads)."""
+
+    def meta(wildcards) -> str:
+        model = wildcards.get("model")
+        return job_meta(
+            config, rule, dict(wildcards.items()), config_keys, seed_keys,
+            params=params(wildcards) if params else None,
+            model={"name": model, "spec": model_spec(model), "revision": config["models"][model].get("revision")}
+            if model else None,
+            dataset=dataset,
+        )
+
+    return meta

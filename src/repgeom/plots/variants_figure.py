@@ -1,7 +1,7 @@
-"""Figures from the merged metric table (long form: model, condition, layer, metric, scale, value, …)."""
+"""The prompt-control figure (`variants_{k}shot`, `python -m repgeom.plots variant-ari`): the ARI of the clusters
+against layer for the plain k-shot prompt and each of its controls, from the merged metric table."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +10,7 @@ matplotlib.use("Agg")  # no display on cluster nodes
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from repgeom.conditions import parse_condition, shot_condition  # noqa: E402
 from repgeom.errors import InputError  # noqa: E402
 
 METRIC_LABELS = {
@@ -28,8 +29,8 @@ def metric_by_layer(metrics: pd.DataFrame, model: str, metric: str) -> pd.DataFr
 
 def variant_family(conditions, n_shots: int) -> list[str]:
     """The plain `{k}shot` condition first, then its `{k}shot-{variant}` controls, sorted."""
-    plain = f"{n_shots}shot"
-    controls = sorted(c for c in conditions if re.fullmatch(rf"{plain}-[a-z_]+", c))
+    plain = shot_condition(n_shots)
+    controls = sorted(c for c in conditions if (parsed := parse_condition(c)).variant and parsed.shots == n_shots)
     return [plain, *controls] if plain in conditions else controls
 
 

@@ -8,7 +8,7 @@ from repgeom.analysis.params import layer_memory_mb
 from repgeom.workflow.config import cross_section_errors
 from repgeom.workflow.resources import MMLU_TEST_ROWS, JobResources, analysis_points, warning_seconds
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def config(name="config.yaml", **hardware):

@@ -31,6 +31,7 @@ def stale_state(snakemake_dir: Path, *records: dict) -> None:
         (snakemake_dir / f"repgeom-runs/{record['host']}.{record['pid']}.{i}.json").write_text(json.dumps(record))
 
 
+@pytest.mark.slow
 def test_is_gone():
     assert not is_gone(this_process())
     assert is_gone(dead_process())
@@ -39,6 +40,7 @@ def test_is_gone():
     assert not is_gone({**dead_process(), "boot": "another boot"})
 
 
+@pytest.mark.slow
 def test_lock_of_a_dead_process_is_removed(tmp_path):
     stale_state(tmp_path, dead_process())
     messages = []
@@ -47,6 +49,7 @@ def test_lock_of_a_dead_process_is_removed(tmp_path):
     assert "Removed a stale lock" in messages[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("other", [lambda: this_process(), lambda: {**dead_process(), "host": "login2"}],
                          ids=["alive", "other-host"])
 def test_lock_that_may_be_held_is_kept(tmp_path, other):
@@ -62,6 +65,7 @@ def test_unrecorded_lock_is_kept(tmp_path):
     assert len(list((tmp_path / "locks").iterdir())) == 2
 
 
+@pytest.mark.slow
 def test_record_lasts_as_long_as_the_process(tmp_path):
     code = f"from repgeom.workflow.resume import record_run; import os; p = record_run({str(tmp_path)!r}); print(p); os.chdir('/')"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -72,6 +76,7 @@ def test_record_lasts_as_long_as_the_process(tmp_path):
     assert path.name == f"{socket.gethostname()}.{os.getpid()}.json"
 
 
+@pytest.mark.slow
 def test_workflow_removes_a_stale_lock_when_it_starts(tmp_path):
     """Through the workflow: the same command that Snakemake refused after a kill now starts."""
     stale_state(tmp_path / ".snakemake", dead_process())

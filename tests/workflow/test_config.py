@@ -9,6 +9,7 @@ def dry_run(*args, cwd=ROOT):
     return run_snakemake("-n", "--cores", "1", *args, workdir=cwd)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("configfile", ["config/config.yaml", "config/tiny.yaml", "config/paper_llama3_8b.yaml", "config/paper_llama3_70b.yaml"])
 def test_dry_run(configfile, tmp_path):
     result = dry_run("--configfile", str(ROOT / configfile), cwd=tmp_path)
@@ -28,6 +29,7 @@ def test_paper_config_runs_the_reference_protocol():
     assert config70["models"]["llama-3-70b"]["hub"] == "meta-llama/Meta-Llama-3-70B"
 
 
+@pytest.mark.slow
 def test_wrong_key_and_type_stop_the_run_naming_the_key(tmp_path):
     result = dry_run("--config", "bogus_key=1", "results_dir=5", cwd=tmp_path)
     assert result.returncode != 0
@@ -49,6 +51,7 @@ def test_config_errors_name_nested_keys():
     ]
 
 
+@pytest.mark.slow
 def test_bad_finetune_params_stop_the_run_naming_the_method(tmp_path):
     import yaml
     config = yaml.safe_load((ROOT / "config/tiny.yaml").read_text())
@@ -59,6 +62,7 @@ def test_bad_finetune_params_stop_the_run_naming_the_method(tmp_path):
     assert "finetune.methods.lora: fine-tuning param lr=-1: expected a positive number" in result.stderr + result.stdout
 
 
+@pytest.mark.slow
 def test_fine_tuned_conditions_join_the_dag_once_the_data_is_sampled(tmp_path):
     """After `sample` (a checkpoint), every adapter is a condition: extracted with 0-shot prompts and analysed."""
     import yaml
@@ -101,3 +105,19 @@ def test_schema_defaults_are_the_analysis_defaults_and_fill_a_bare_params_block(
     config["analysis"]["params"] = {"Z": 2.0}
     validate(config, str(schema))
     assert config["analysis"]["params"] == {**expected, "Z": 2.0}
+
+
+@pytest.mark.slow
+def test_a_model_folder_without_a_config_is_one_line_of_the_config_check(tmp_path):
+    """Checked with the config when the workflow starts, not from inside an input function (no traceback)."""
+    import yaml
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    (tmp_path / "empty").mkdir()
+    config["models"] = {"mine": {"path": str(tmp_path / "empty"), "max_length": 512}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = dry_run("--configfile", str(tmp_path / "config.yaml"), cwd=tmp_path)
+    output = result.stderr + result.stdout
+    assert result.returncode != 0
+    assert (f"invalid config:\n  models.mine.path: {tmp_path}/empty/config.json does not exist: the model folder "
+            f"'{tmp_path}/empty' holds no model (give a save_pretrained folder)\n") in output
+    assert "InputFunctionException" not in output and "Traceback" not in output

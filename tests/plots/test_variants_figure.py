@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from repgeom.plots.__main__ import main
-from repgeom.plots.figures import metric_by_layer, variant_family
+from repgeom.plots.variants_figure import metric_by_layer, variant_family
 
 
 def metric_table(conditions, n_layers=5):
