@@ -108,7 +108,9 @@ def _name(cls: type) -> str:
 
 MODULES = _repgeom_modules()
 # Exceptions of repgeom that are no bad input: handled where they are raised, or a bug to keep its traceback.
-INTERNAL_ERRORS = {"repgeom.analysis.geometry.ClusteringError", "repgeom.plots.registry.NoData"}
+# (TrainingStopped: a run that saved its state on a signal; its entry point exits 75.)
+INTERNAL_ERRORS = {"repgeom.analysis.geometry.ClusteringError", "repgeom.plots.registry.NoData",
+                   "repgeom.finetune.trainer.TrainingStopped"}
 
 
 @pytest.mark.parametrize("error", sorted(_subclasses(InputError), key=_name), ids=_name)

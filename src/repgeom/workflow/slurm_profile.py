@@ -14,6 +14,8 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
+from repgeom.errors import InputError
+
 # A query that any accounting-enabled cluster answers at once: this user's jobs of the last minute.
 SACCT_PROBE = ["sacct", "--noheader", "--allocations", "--format=JobIdRaw", "--starttime", "now-60", "--endtime", "now"]
 # MinJobAge under which squeue forgets a finished job before a status check sees it (the plugin's own threshold
@@ -21,7 +23,7 @@ SACCT_PROBE = ["sacct", "--noheader", "--allocations", "--format=JobIdRaw", "--s
 MIN_JOB_AGE_FOR_SQUEUE = 120
 
 
-class ProfileError(RuntimeError):
+class ProfileError(InputError):
     """The profile cannot work on this cluster; the message names the setting to change."""
 
 
