@@ -9,12 +9,31 @@ from repgeom.plots import FIGURE_NAMES
 from repgeom.workflow.config import config_errors, cross_section_errors
 from repgeom.workflow.dataset import dataset_spec, generated_subjects, generates_dataset, subject_areas
 from repgeom.workflow.jobs import as_json, provenance_meta
-from repgeom.workflow.models import (gguf_source, made_by_workflow, model_shapes, model_spec as spec_of,
-                                     models_pattern, stored_layers)
-from repgeom.workflow.options import (extraction_parallel, extraction_parallel_option, extraction_ranks, job_device,
-                                      option, prompt_options, token_sample_option)
-from repgeom.workflow.plan import (adapter_checkpoint, finetune_methods as methods_of, finetuned_steps, layer_blocks,
-                                   prompts_condition, run_conditions)
+from repgeom.workflow.models import (
+    gguf_source,
+    made_by_workflow,
+    model_shapes,
+    model_spec as spec_of,
+    models_pattern,
+    stored_layers,
+)
+from repgeom.workflow.options import (
+    extraction_parallel,
+    extraction_parallel_option,
+    extraction_ranks,
+    job_device,
+    option,
+    prompt_options,
+    token_sample_option,
+)
+from repgeom.workflow.plan import (
+    adapter_checkpoint,
+    finetune_methods as methods_of,
+    finetuned_steps,
+    layer_blocks,
+    prompts_condition,
+    run_conditions,
+)
 from repgeom.workflow.resources import JobResources
 
 # Checked once, every error named; `validate` then fills in the schema's defaults. Each model's depth and width
@@ -124,8 +143,15 @@ TRACKED = "python -m repgeom.provenance run --meta {params.provenance:q} --input
 
 def provenance(rule_name, config_keys=(), seed_keys=(), params=None):
     """The wrapper's --meta of a rule (repgeom.workflow.jobs.provenance_meta)."""
-    return provenance_meta(config, rule_name, config_keys, seed_keys, params, model_spec=model_spec,
-                           dataset={"name": config["dataset"]["name"], **DATASET_SPEC})
+    return provenance_meta(
+        config,
+        rule_name,
+        config_keys,
+        seed_keys,
+        params,
+        model_spec=model_spec,
+        dataset={"name": config["dataset"]["name"], **DATASET_SPEC},
+    )
 
 
 def store_group(wildcards):

@@ -3,18 +3,18 @@ if DATASET_FOLDER:
     rule generate_dataset:
         output:
             directory(DATASET_FOLDER),
-        params:
-            provenance=provenance("generate_dataset", ['dataset.generate'], ['dataset.generate.seed']),
-            generate=as_json(config["dataset"].get("generate", {})),
-        threads: job_threads("generate_dataset")
-        resources:
-            **job_resources("generate_dataset"),
         log:
             f"{RESULTS}/logs/generate_dataset.log",
         benchmark:
             f"{RESULTS}/benchmarks/generate_dataset.tsv"
         conda:
             "../envs/data.yaml"
+        threads: job_threads("generate_dataset")
+        resources:
+            **job_resources("generate_dataset"),
+        params:
+            provenance=provenance("generate_dataset", ["dataset.generate"], ["dataset.generate.seed"]),
+            generate=as_json(config["dataset"].get("generate", {})),
         shell:
             f"{TRACKED} -- "
             "python -m repgeom.data generate --out {output} --params-json {params.generate:q} > {log} 2>&1"
@@ -30,22 +30,22 @@ checkpoint sample:
         questions=f"{RESULTS}/data/questions.parquet",
         subset=f"{RESULTS}/data/analysis_subset.parquet",
         finetune=f"{RESULTS}/data/finetune_set.parquet",
-    params:
-        provenance=provenance("sample", ['dataset', 'sampling', 'variants'], ['sampling.seed']),
-        dataset=as_json(DATASET_SPEC),
-        max_per_subject=config["sampling"]["max_per_subject"],
-        finetune_max_per_subject=config["sampling"]["finetune_max_per_subject"],
-        seed=config["sampling"]["seed"],
-        hold_out="--hold-out-shot-pool" if "sampled_shots" in config["variants"] else "",
-    threads: job_threads("sample")
-    resources:
-        **job_resources("sample"),
     log:
         f"{RESULTS}/logs/sample.log",
     benchmark:
         f"{RESULTS}/benchmarks/sample.tsv"
     conda:
         "../envs/data.yaml"
+    threads: job_threads("sample")
+    resources:
+        **job_resources("sample"),
+    params:
+        provenance=provenance("sample", ["dataset", "sampling", "variants"], ["sampling.seed"]),
+        dataset=as_json(DATASET_SPEC),
+        max_per_subject=config["sampling"]["max_per_subject"],
+        finetune_max_per_subject=config["sampling"]["finetune_max_per_subject"],
+        seed=config["sampling"]["seed"],
+        hold_out="--hold-out-shot-pool" if "sampled_shots" in config["variants"] else "",
     shell:
         f"{TRACKED} -- "
         "python -m repgeom.data sample --dataset-json {params.dataset:q}"
@@ -64,20 +64,22 @@ rule prompts:
         model=model_input,
     output:
         f"{RESULTS}/prompts/{{model}}/{{condition}}.parquet",
-    params:
-        provenance=provenance("prompts", ['sampling.seed', 'models.{model}.max_length', 'dataset.subject_areas'], ['sampling.seed']),
-        options=lambda wc: prompt_options(config, wc.condition, SUBJECT_AREAS),
-        tokenizer=lambda wc: model_spec(wc.model),
-        max_length=lambda wc: config["models"][wc.model]["max_length"],
-    threads: job_threads("prompts")
-    resources:
-        **job_resources("prompts"),
     log:
         f"{RESULTS}/logs/prompts/{{model}}/{{condition}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/prompts/{{model}}/{{condition}}.tsv"
     conda:
         "../envs/data.yaml"
+    threads: job_threads("prompts")
+    resources:
+        **job_resources("prompts"),
+    params:
+        provenance=provenance(
+            "prompts", ["sampling.seed", "models.{model}.max_length", "dataset.subject_areas"], ["sampling.seed"]
+        ),
+        options=lambda wc: prompt_options(config, wc.condition, SUBJECT_AREAS),
+        tokenizer=lambda wc: model_spec(wc.model),
+        max_length=lambda wc: config["models"][wc.model]["max_length"],
     shell:
         f"{TRACKED} -- "
         "python -m repgeom.data prompts --questions {input.questions} --subset {input.subset}"

@@ -8,8 +8,17 @@ rule extract:
         # from its completed chunks instead of Snakemake deleting them; the accuracy table comes last.
         lens=f"{RESULTS}/extract/{{model}}/{{condition}}.lens.parquet",
         accuracy=f"{RESULTS}/extract/{{model}}/{{condition}}.accuracy.parquet",
+    log:
+        f"{RESULTS}/logs/extract/{{model}}/{{condition}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/extract/{{model}}/{{condition}}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: job_threads("extract")
+    resources:
+        **job_resources("extract"),
     params:
-        provenance=provenance("extract", ['extraction', 'models.{model}'], ['sampling.seed']),
+        provenance=provenance("extract", ["extraction", "models.{model}"], ["sampling.seed"]),
         store=STORE,
         model=lambda wc: model_spec(wc.model),
         max_length=lambda wc: config["models"][wc.model]["max_length"],
@@ -21,20 +30,13 @@ rule extract:
         chunk_rows=f"--chunk-rows {config['extraction']['chunk_rows']}" if "chunk_rows" in config["extraction"] else "",
         adapter=lambda wc: option("--adapter", adapter_folder(wc)),
         # From the hardware map, not resources.gpu, which a cluster's profile may replace by a `gres` string.
-        parallel=lambda wc: extraction_parallel_option(extraction_parallel(config, wc.model), JOBS.gpus("extract", wc.model)),
+        parallel=lambda wc: extraction_parallel_option(
+            extraction_parallel(config, wc.model), JOBS.gpus("extract", wc.model)
+        ),
         ranks=lambda wc: extraction_ranks(extraction_parallel(config, wc.model), JOBS.gpus("extract", wc.model)),
         token_sample=token_sample_option(config),
         group=store_group,
         adapter_input=lambda wc: option("--extra-inputs", adapter_folder(wc)),
-    threads: job_threads("extract")
-    resources:
-        **job_resources("extract"),
-    log:
-        f"{RESULTS}/logs/extract/{{model}}/{{condition}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/extract/{{model}}/{{condition}}.tsv"
-    conda:
-        "../envs/torch.yaml"
     shell:
         f"{TRACKED} --extra-outputs {{params.group}} {{params.adapter_input}} -- "
         "python -m repgeom.launch --gpus {params.ranks} --cpus {threads} --"

@@ -16,43 +16,43 @@ rule accuracy_table:
         ],
     output:
         f"{RESULTS}/tables/accuracy.csv",
-    params:
-        provenance=provenance("accuracy_table", []),
-    threads: job_threads("accuracy_table")
-    resources:
-        **job_resources("accuracy_table"),
     log:
         f"{RESULTS}/logs/accuracy_table.log",
     benchmark:
         f"{RESULTS}/benchmarks/accuracy_table.tsv"
     conda:
         "../envs/analysis.yaml"
+    threads: job_threads("accuracy_table")
+    resources:
+        **job_resources("accuracy_table"),
+    params:
+        provenance=provenance("accuracy_table", []),
     shell:
-        f"{TRACKED} -- "
-        "python -m repgeom.plots accuracy-table --out {output} {input} > {log} 2>&1"
+        f"{TRACKED} -- " "python -m repgeom.plots accuracy-table --out {output} {input} > {log} 2>&1"
 
 
 rule lens_table:
     input:
         lambda wc: [
-            f"{RESULTS}/extract/{model}/{condition}.lens.parquet" for model in MODELS for condition in conditions(model)
+            f"{RESULTS}/extract/{model}/{condition}.lens.parquet"
+            for model in MODELS
+            for condition in conditions(model)
         ],
     output:
         f"{RESULTS}/tables/lens.csv",
-    params:
-        provenance=provenance("lens_table", []),
-    threads: job_threads("lens_table")
-    resources:
-        **job_resources("lens_table"),
     log:
         f"{RESULTS}/logs/lens_table.log",
     benchmark:
         f"{RESULTS}/benchmarks/lens_table.tsv"
     conda:
         "../envs/analysis.yaml"
+    threads: job_threads("lens_table")
+    resources:
+        **job_resources("lens_table"),
+    params:
+        provenance=provenance("lens_table", []),
     shell:
-        f"{TRACKED} -- "
-        "python -m repgeom.plots lens-table --out {output} {input} > {log} 2>&1"
+        f"{TRACKED} -- " "python -m repgeom.plots lens-table --out {output} {input} > {log} 2>&1"
 
 
 rule variant_figure:
@@ -66,18 +66,18 @@ rule variant_figure:
             subcategory="{model}",
             labels={"model": "{model}", "figure": "prompt controls, {shots}-shot"},
         ),
-    params:
-        provenance=provenance("variant_figure", []),
-        caption=caption_values(config),
-    threads: job_threads("plot")
-    resources:
-        **job_resources("plot"),
     log:
         f"{RESULTS}/logs/variant_figure/{{model}}/{{shots}}shot.log",
     benchmark:
         f"{RESULTS}/benchmarks/variant_figure/{{model}}/{{shots}}shot.tsv"
     conda:
         "../envs/analysis.yaml"
+    threads: job_threads("plot")
+    resources:
+        **job_resources("plot"),
+    params:
+        provenance=provenance("variant_figure", []),
+        caption=caption_values(config),
     shell:
         f"{TRACKED} -- "
         "python -m repgeom.plots variant-ari --metrics {input} --model {wildcards.model}"
@@ -103,21 +103,21 @@ rule model_figures:
             )
             for name in FIGURE_NAMES
         },
-    params:
-        provenance=provenance("model_figures", ['analysis.params', 'shots', 'variants', 'finetune']),
-        out_dir=lambda wc: f"{RESULTS}/figures/{wc.model}",
-        checkpoints=lambda wc: " ".join(f"{method}={path}" for method, path in sorted(training_runs(wc.model).items())),
-        settings=as_json(config["analysis"]["params"]),
-        caption=caption_values(config),
-    threads: job_threads("plot")
-    resources:
-        **job_resources("plot"),
     log:
         f"{RESULTS}/logs/model_figures/{{model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/model_figures/{{model}}.tsv"
     conda:
         "../envs/analysis.yaml"
+    threads: job_threads("plot")
+    resources:
+        **job_resources("plot"),
+    params:
+        provenance=provenance("model_figures", ["analysis.params", "shots", "variants", "finetune"]),
+        out_dir=lambda wc: f"{RESULTS}/figures/{wc.model}",
+        checkpoints=lambda wc: " ".join(f"{method}={path}" for method, path in sorted(training_runs(wc.model).items())),
+        settings=as_json(config["analysis"]["params"]),
+        caption=caption_values(config),
     shell:
         f"{TRACKED} -- "
         "python -m repgeom.plots figures --metrics {input.metrics} --overlap {input.overlap}"
@@ -149,8 +149,17 @@ if COMPARISON_FIGURES:
                 )
                 for name in COMPARISON_NAMES
             },
+        log:
+            f"{RESULTS}/logs/model_comparison.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/model_comparison.tsv"
+        conda:
+            "../envs/analysis.yaml"
+        threads: job_threads("plot")
+        resources:
+            **job_resources("plot"),
         params:
-            provenance=provenance("model_comparison", ['model_comparison', 'shots', 'finetune', 'analysis.params']),
+            provenance=provenance("model_comparison", ["model_comparison", "shots", "finetune", "analysis.params"]),
             models=MODELS,
             conditions=COMPARED_CONDITIONS,
             checkpoints=[
@@ -159,15 +168,6 @@ if COMPARISON_FIGURES:
             settings=as_json(config["analysis"]["params"]),
             out_dir=lambda wc, output: Path(output[0]).parent,
             caption=caption_values(config),
-        threads: job_threads("plot")
-        resources:
-            **job_resources("plot"),
-        log:
-            f"{RESULTS}/logs/model_comparison.log",
-        benchmark:
-            f"{RESULTS}/benchmarks/model_comparison.tsv"
-        conda:
-            "../envs/analysis.yaml"
         shell:
             f"{TRACKED} -- "
             "python -m repgeom.plots compare-models --metrics {input.metrics} --lens {input.lens}"
