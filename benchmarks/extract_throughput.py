@@ -4,7 +4,7 @@
   python benchmarks/extract_throughput.py --prompts 48  # quicker
   python benchmarks/extract_throughput.py --lengths reference-mix --naive-prompts 0   # as benchmarks/gpu_check.sh
 
-(a) extractor: the production path (`repgeom.extract.run.extract_rank_share`: hooks that keep only last-token rows,
+(a) extractor: the production path (`repgeom.extract.forward.extract_rank_share`: hooks that keep only last-token rows,
     length-sorted batches, asynchronous copies to pinned memory, a writer thread) into a temporary zarr store,
     timed until every chunk is durably written.
 (b) naive: batch 1, `output_hidden_states=True`, every layer's [1, S, D] copied to the CPU (the reference's way).
@@ -39,7 +39,8 @@ from repgeom.extract.batching import length_batches, pad_batch, position_ids
 from repgeom.distributed import RankInfo
 from repgeom.extract.hooks import find_hook_points
 from repgeom.extract.model_setup import ExtractionModel
-from repgeom.extract.run import DEFAULT_BATCH_TOKENS, ExtractionSettings, extract_rank_share
+from repgeom.extract.forward import DEFAULT_BATCH_TOKENS, extract_rank_share
+from repgeom.extract.job import ExtractionSettings
 from repgeom.store import read_layer
 from repgeom.store.writing import GroupSpec, open_group_for_writing
 

@@ -358,7 +358,7 @@ def test_device_map_reserve_covers_a_70b_wide_forward_pass(device, tmp_path):
 
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from repgeom.extract.run import ExtractionSettings
+    from repgeom.extract.job import ExtractionSettings
     from repgeom.models.loading import DEFAULT_RESERVED_BATCH_TOKENS, GPU_OVERHEAD_BYTES, forward_reserve_bytes
 
     spec = importlib.util.spec_from_file_location(

@@ -190,7 +190,6 @@ class FinetuneJob:
             self._run(info)
 
     def _run(self, info: RankInfo) -> None:
-        # Modulo: a scheduler that gives each task one visible GPU leaves local ranks above 0 on device 0.
         device = rank_device(info)
         dtype = parse_dtype(self.model_dtype, device)
         params = self.params
