@@ -154,10 +154,10 @@ def test_training_stopped_by_its_time_limit_resumes_in_its_retry(training_runs):
 def test_a_requeued_training_job_resumes(training_runs):
     code, log = training_runs["outcome"]["requeued"]
     assert code == 0, log[-5000:]
-    assert "--requeue" in log
     runs = attempts(training_runs["requeued"])
     print(f"requeue: attempts {runs}")
     assert len(runs) == 2 and runs[0]["stopped_by"] == "SIGTERM" and runs[0]["last_step"] >= 3, runs
     assert runs[1]["resumed_after"] == runs[0]["last_step"] and steps_redone(runs) == 0, runs
-    assert scontrol_job(training_runs["requeued_job"])["Restarts"] == "1"
+    fields = scontrol_job(training_runs["requeued_job"])
+    assert (fields["Requeue"], fields["Restarts"]) == ("1", "1"), "submitted requeueable (--requeue), requeued once"
     assert adapter_bytes(training_runs["requeued"]) == adapter_bytes(training_runs["reference"])

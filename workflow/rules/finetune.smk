@@ -17,7 +17,7 @@ rule finetune:
     resources:
         **job_resources("finetune"),
         # A resource, not a param: how often the run saves its state changes no result, so no re-run.
-        state_every_minutes=config["finetune"]["state_every_minutes"],
+        state_every_minutes=lambda wc: config["finetune"]["state_every_minutes"],
     params:
         provenance=provenance(
             "finetune",
