@@ -15,6 +15,8 @@
 # reason on stderr; the pytest fixture turns that into a skip. It never touches a slurm.conf it did not
 # write (a real cluster's), and `down` stops only daemons whose pid files it wrote.
 set -euo pipefail
+# shellcheck source=tests/slurm/common.sh
+source "$(dirname "$0")/common.sh"
 
 GPUS=${REPGEOM_SLURM_GPUS:-8}
 STATE=/var/lib/repgeom-slurm          # state, spool, pid files and logs of this test cluster
@@ -85,19 +87,7 @@ write_config() {
 $MARK
 ClusterName=repgeom-test
 SlurmctldHost=$HOST(127.0.0.1)
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-GresTypes=gpu
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
-JobCompType=jobcomp/none
-MinJobAge=3600
-ReturnToService=2
+$(common_slurm_settings)
 SlurmdParameters=config_overrides
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/d

@@ -16,6 +16,8 @@
 # `up` exits 77 when the cluster cannot start here (not root, no `ip`/`unshare`, a daemon that does not
 # start, a node that does not come up), with the reason on stderr; the pytest fixture turns that into a skip.
 set -euo pipefail
+# shellcheck source=tests/slurm/common.sh
+source "$(dirname "$0")/common.sh"
 
 STATE=/var/lib/repgeom-slurm-nodes
 CONF_DIR=/etc/repgeom-slurm-nodes
@@ -54,19 +56,7 @@ ClusterName=repgeom-nodes
 SlurmctldHost=$HOST($NET.1)
 SlurmctldPort=6917
 SlurmdPort=6818
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-GresTypes=gpu
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
-JobCompType=jobcomp/none
-MinJobAge=3600
-ReturnToService=2
+$(common_slurm_settings)
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/%n
 SlurmctldPidFile=$STATE/slurmctld.pid
