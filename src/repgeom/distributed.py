@@ -52,6 +52,11 @@ class NoCudaError(LaunchError):
     """The job was given GPUs, but this process's torch cannot use any (a CPU-only build, an old driver)."""
 
 
+# Set to 1 where a job's GPUs are stand-ins (a test cluster's fake GRES devices): such a job runs on the CPU
+# instead of stopping with NoCudaError.
+FAKE_GPUS_ENV = "REPGEOM_FAKE_GPUS"
+
+
 def gpus_given(env=None) -> tuple[int | None, str]:
     """(GPUs this job was given, where that was read): REPGEOM_JOB_GPUS (set by `repgeom.launch` from --gpus), else
     SLURM_GPUS_ON_NODE, else (None, "") when nothing says. CUDA_VISIBLE_DEVICES does not count: a shell may export
@@ -76,15 +81,15 @@ def rank_device(info: RankInfo, gpus: int | None = None, source: str = "", *, cu
     the CPU when the job was given no GPU (`gpus` 0) or CUDA is not usable.
 
     `gpus` (default: `gpus_given()`) is the number of GPUs the job was given; when it is above 0 and torch sees no
-    CUDA device, this raises NoCudaError rather than running silently on the CPU. `cuda_available` and
-    `device_count` default to torch's (tests fake them)."""
+    CUDA device, this raises NoCudaError rather than running silently on the CPU, unless REPGEOM_FAKE_GPUS=1 says
+    the GPUs are stand-ins. `cuda_available` and `device_count` default to torch's (tests fake them)."""
     if gpus is None:
         gpus, source = gpus_given()
     if gpus == 0:
         return torch.device("cpu")
     available = torch.cuda.is_available() if cuda_available is None else cuda_available
     if not available:
-        if gpus:
+        if gpus and os.environ.get(FAKE_GPUS_ENV) != "1":
             raise NoCudaError(no_cuda_message(gpus, source))
         return torch.device("cpu")
     count = torch.cuda.device_count() if device_count is None else device_count

@@ -15,14 +15,14 @@ from gpu_tier import finetune_frame
 from helpers import ROOT, run_snakemake
 
 from repgeom import distributed
-from repgeom.distributed import GPUS_ENV, NoCudaError, RankInfo, gpus_given, rank_device
+from repgeom.distributed import FAKE_GPUS_ENV, GPUS_ENV, NoCudaError, RankInfo, gpus_given, rank_device
 
 SRC = ROOT / "src" / "repgeom"
 
 
 @pytest.fixture
 def no_gpu_env(monkeypatch):
-    for name in (GPUS_ENV, "SLURM_GPUS_ON_NODE"):
+    for name in (GPUS_ENV, "SLURM_GPUS_ON_NODE", FAKE_GPUS_ENV):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -36,6 +36,14 @@ def no_gpu_env(monkeypatch):
 def test_rank_device_is_local_rank_modulo_visible_devices(local_rank, visible, expected, no_gpu_env):
     device = rank_device(RankInfo(local_rank, 8, local_rank), cuda_available=True, device_count=visible)
     assert device == torch.device("cuda", expected)
+
+
+def test_fake_gpus_run_on_the_cpu(monkeypatch, no_gpu_env):
+    """A test cluster's GRES devices are files: its jobs say so (REPGEOM_FAKE_GPUS=1) and run on the CPU."""
+    with pytest.raises(NoCudaError):
+        rank_device(RankInfo(0, 1, 0), 2, "SLURM_GPUS_ON_NODE", cuda_available=False)
+    monkeypatch.setenv(FAKE_GPUS_ENV, "1")
+    assert rank_device(RankInfo(0, 1, 0), 2, "SLURM_GPUS_ON_NODE", cuda_available=False) == torch.device("cpu")
 
 
 def test_rank_device_on_the_cpu(no_gpu_env):

@@ -33,9 +33,11 @@ WALL_CLOCK = re.compile(r"elapsed|wall_?time|_seconds$|^seconds$")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without Slurm's job variables or the user's SLURM_* settings, with the venv first."""
+    """This environment without Slurm's job variables or the user's SLURM_* settings, with the venv first. The test
+    clusters' GPUs are files: jobs given them run on the CPU (REPGEOM_FAKE_GPUS)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
-    env.update(PATH=f"{VENV_BIN}:{env.get('PATH', '')}", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", **extra)
+    env.update(PATH=f"{VENV_BIN}:{env.get('PATH', '')}", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               REPGEOM_FAKE_GPUS="1", **extra)
     return env
 
 
