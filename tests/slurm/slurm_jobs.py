@@ -95,15 +95,21 @@ def write_config(workdir: Path, config: dict) -> Path:
     return workdir
 
 
+def local_rules() -> set[str]:
+    """The rules the Snakefile's `localrules:` directives name (a dry run prints them as plain rules)."""
+    blocks = re.findall(r"localrules:\n((?:\s+\w+,\n)+)", (ROOT / "Snakefile").read_text())
+    return {name for block in blocks for name in re.findall(r"(\w+),", block)}
+
+
 def planned_jobs(dry_run_output: str) -> list[dict]:
     """Jobs of a dry run (with --printshellcmds): rule, whether it runs locally (a `localrule`, or a target rule
     like `all` with no output and no command), wildcards (in order) and resources."""
-    jobs, job = [], None
+    jobs, job, local = [], None, local_rules()
     for line in dry_run_output.splitlines():
         header = re.fullmatch(r"(local)?(?:rule|checkpoint) (\S+):", line.strip())
         if header and not line.startswith(" "):
-            job = {"rule": header.group(2), "local": bool(header.group(1)), "wildcards": {}, "resources": {},
-                   "output": False}
+            job = {"rule": header.group(2), "local": bool(header.group(1)) or header.group(2) in local,
+                   "wildcards": {}, "resources": {}, "output": False}
             jobs.append(job)
         elif job is not None and line.startswith("    ") and ": " in line:
             key, value = line.strip().split(": ", 1)

@@ -97,7 +97,9 @@ def runs(cluster, tmp_path_factory):
     done_in_job = {comment for job_id, state, comment in active if state == "RUNNING"
                    and "Finished jobid: 0 " in job_logs[job_id].read_text()}
     comments = {job_id: comment for job_id, _, comment in squeue(interrupted_id)}
-    finished_before_kill = {comments[submitted[n]] for n in re.findall(r"Finished jobid: (\d+)", killed_log)}
+    # Local rules (tables, merges, figures) finish in Snakemake's own process, with no Slurm job.
+    finished_before_kill = {comments[submitted[n]] for n in re.findall(r"Finished jobid: (\d+)", killed_log)
+                            if n in submitted}
 
     missing = run(interrupted_command + ["--dry-run", "--printshellcmds"])
     resumed = run(interrupted_command)
