@@ -108,7 +108,6 @@ EOF
     mkdir -p "$STATE/ctld" "$STATE/d"
 }
 
-alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 up() {
     [[ $(id -u) == 0 ]] || cannot "not root"
@@ -138,16 +137,6 @@ up() {
         sleep 0.3
     done
     cannot "node $HOST is '$state', not idle: $(tail -3 "$STATE/slurmd.log" 2>/dev/null)"
-}
-
-stop_pid() {  # pid file: TERM, wait, then KILL
-    local file=$1 pid
-    alive "$file" || { rm -f "$file"; return 0; }
-    pid=$(cat "$file")
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-    rm -f "$file"
 }
 
 down() {

@@ -1,4 +1,16 @@
-# Sourced by cluster.sh and nodes.sh: the slurm.conf lines both test clusters share.
+# Sourced by cluster.sh and nodes.sh: the slurm.conf lines both test clusters share, and how they stop a daemon.
+
+alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+stop_pid() {  # pid file: TERM, wait, then KILL
+    local file=$1 pid
+    alive "$file" || { rm -f "$file"; return 0; }
+    pid=$(cat "$file")
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$file"
+}
 
 # Authentication by munge, daemons as root, processes tracked without cgroups, cores and memory as consumable
 # resources, fake GPUs as GRES, no accounting (so the profile must find squeue), finished jobs kept an hour for

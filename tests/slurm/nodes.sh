@@ -32,7 +32,6 @@ export SLURM_CONF=$CONF
 
 cannot() { echo "nodes.sh: the three-node cluster cannot start here: $*" >&2; exit 77; }
 log() { echo "nodes.sh: $*" >&2; }
-alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 node_states() { timeout 10 sinfo -h -N -o "%N %T" 2>/dev/null | sort -u || true; }
 
@@ -138,16 +137,6 @@ up() {
         sleep 0.3
     done
     cannot "nodes not idle: $(node_states | tr '\n' ';') $(tail -2 "$STATE/n1.log" 2>/dev/null)"
-}
-
-stop_pid() {
-    local file=$1 pid
-    alive "$file" || { rm -f "$file"; return 0; }
-    pid=$(cat "$file")
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-    rm -f "$file"
 }
 
 down() {
