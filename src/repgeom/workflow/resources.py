@@ -23,7 +23,7 @@ WARNED_KINDS = ("finetune",)
 
 def warning_seconds(runtime_minutes: int) -> int:
     """How long before its time limit a job is warned: a tenth of its runtime, between 1 and 10 minutes (Slurm may
-    send the signal up to a minute early; saving a 70B run's LoRA and optimizer state takes a minute or two)."""
+    send the signal up to a minute early, and a large run's state needs time to be written)."""
     return int(min(max(runtime_minutes * 6, 60), 600))
 
 
