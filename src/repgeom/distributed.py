@@ -12,8 +12,6 @@ import torch.distributed as dist
 
 from repgeom.launch import GPUS_ENV, LaunchError
 
-# The GPUs a job was given, for the processes `repgeom.launch` starts (its --gpus); Slurm's SLURM_GPUS_ON_NODE
-# says the same inside a Slurm step.
 # Data-parallel ranks only meet at the start and the end: a rank that finishes early waits at the final barrier
 # for the slowest, which can take as long as an extraction.
 BARRIER_TIMEOUT = datetime.timedelta(hours=12)
