@@ -15,7 +15,6 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-CLUSTER = ROOT / "tests/slurm/cluster.sh"
 PROFILE = ROOT / "profiles/slurm"
 VENV_BIN = str(Path(sys.executable).parent)
 
