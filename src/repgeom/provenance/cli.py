@@ -1,4 +1,5 @@
-"""The `repgeom` command: `repgeom run ... -- COMMAND` (the job wrapper) and `repgeom audit RESULTS_DIR`.
+"""The `repgeom` command: `repgeom run ... -- COMMAND` (the job wrapper), `repgeom audit RESULTS_DIR` and
+`repgeom plan CONFIG` (what a run will cost: repgeom.costs).
 
 Both run under the entry points' error contract (`repgeom.errors`): bad input is one line `repgeom run: error: …` or
 `repgeom audit: error: …` and exit status 1; a usage error exits 2. Otherwise `repgeom run` exits with the wrapped
@@ -14,7 +15,9 @@ from repgeom.errors import InputError, run_main
 
 USAGE = """usage: repgeom run --meta JSON [--inputs P...] [--outputs P...] [--extra-inputs P...] [--extra-outputs P...]
                    -- COMMAND...
-       repgeom audit [RESULTS_DIR] [--strict-code] [--config CONFIG] [--schema SCHEMA] [--trace ARTIFACT]"""
+       repgeom audit [RESULTS_DIR] [--strict-code] [--config CONFIG] [--schema SCHEMA] [--trace ARTIFACT]
+       repgeom plan CONFIG [--cluster NODESxGPUS[:CPUS]] [--gpu KIND] [--calibrate RESULTS_DIR] [--compare RESULTS_DIR]
+                    [--constants FILE] [--write-constants FILE] [--remaining] [--json FILE]"""
 
 
 def audit_parser() -> argparse.ArgumentParser:
@@ -65,5 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_main(lambda: wrap_job(rest), "repgeom run")
     if command == "audit":
         return run_main(lambda: run_audit(rest), "repgeom audit")
+    if command == "plan":
+        from repgeom.costs.cli import run_plan
+
+        return run_main(lambda: run_plan(rest), "repgeom plan")
     print(f"{USAGE}\nrepgeom: error: unknown command {command!r}", file=sys.stderr)
     return 2
