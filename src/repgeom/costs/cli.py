@@ -86,10 +86,10 @@ def job_warnings(estimates: Sequence[Estimate], constants: Mapping) -> tuple[lis
         if job.local:
             continue
         if job.gpus:
-            limit = constants["devices"][e.device]["memory_gb"] * 1024
-            if e.gpu_mb > limit:
-                errors.append(f"{job.name} needs {e.gpu_mb / 1024:.0f} GB on each of its {job.gpus} GPU(s) "
-                              f"(weights and activations), but a {e.device} GPU has {limit / 1024:.0f} GB")
+            limit_gb, need_gb = constants["devices"][e.device]["memory_gb"], e.gpu_mb * 2**20 / 1e9
+            if need_gb > limit_gb:
+                errors.append(f"{job.name} needs {need_gb:.0f} GB on each of its {job.gpus} GPU(s) (weights and "
+                              f"activations), but one {e.device} GPU has {limit_gb} GB")
         runtime = job.resources.get("runtime")
         if isinstance(runtime, int) and e.seconds > runtime * 60:
             warnings.append(f"{job.name}: estimated {e.seconds / 60:.0f} min, over the {runtime} min it asks for")
@@ -97,6 +97,15 @@ def job_warnings(estimates: Sequence[Estimate], constants: Mapping) -> tuple[lis
         if isinstance(mem, int) and e.host_mb > mem:
             warnings.append(f"{job.name}: estimated peak memory {e.host_mb:,.0f} MB, over the {mem:,} MB it asks for")
     return errors, warnings
+
+
+def first_per_rule(errors: Sequence[str]) -> str:
+    """The first problem of each rule (a line names one job), and how many jobs more have one."""
+    firsts = {}
+    for line in errors:
+        firsts.setdefault(line.split("[", 1)[0].split(" ", 1)[0], line)
+    more = len(errors) - len(firsts)
+    return "; ".join(firsts.values()) + (f" (and {more} more job(s) alike)" if more else "")
 
 
 def rule_rows(estimates: Sequence[Estimate]) -> list[dict]:
@@ -185,7 +194,7 @@ def run_plan(argv: Sequence[str]) -> int:
     errors, warnings = job_warnings(estimates, constants)
     errors += misfits([e.job for e in estimates], cluster)
     if errors:
-        raise PlanError(errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
+        raise PlanError(first_per_rule(errors))
     schedule = list_schedule([e.job for e in estimates], {e.job.jobid: e.seconds for e in estimates}, cluster)
     rows = rule_rows(estimates)
     totals = {key: sum(r[key] for r in rows) for key in ("jobs", "gpu_hours", "cpu_hours", "bytes_written", "tokens")}
