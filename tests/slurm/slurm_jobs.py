@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from repgeom.costs.dag import local_rules
+
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE = ROOT / "profiles/slurm"
 VENV_BIN = str(Path(sys.executable).parent)
@@ -92,12 +94,6 @@ def write_config(workdir: Path, config: dict) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     return workdir
-
-
-def local_rules() -> set[str]:
-    """The rules the Snakefile's `localrules:` directives name (a dry run prints them as plain rules)."""
-    blocks = re.findall(r"localrules:\n((?:\s+\w+,\n)+)", (ROOT / "Snakefile").read_text())
-    return {name for block in blocks for name in re.findall(r"(\w+),", block)}
 
 
 def planned_jobs(dry_run_output: str) -> list[dict]:
