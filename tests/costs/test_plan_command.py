@@ -11,7 +11,7 @@ import yaml
 
 from repgeom.costs.cli import read_config
 from repgeom.costs.estimate import load_constants
-from repgeom.costs.workload import analysis_rows, finetune_rows
+from repgeom.costs.workload import Workload
 from repgeom.workflow.plan import finetuned_steps, run_conditions
 from repgeom.provenance.cli import main
 
@@ -34,13 +34,14 @@ def test_plan_of_the_test_config(tmp_path, capsys, monkeypatch):
     rules = {row["rule"]: row for row in result["rules"]}
     # Before sampling, the fine-tuned conditions follow from the fine-tuning set's size: 6 subjects x (5 dev +
     # 14 validation questions) = 114 rows.
-    assert finetune_rows(config, load_constants()) == 114
+    workload = Workload(config, load_constants(), tokenizer_folder=lambda model: None)
+    assert workload.finetune_rows() == 114
     expected = set(run_conditions(config)) | set(finetuned_steps(config, lambda: 114))
     extracts = [job for job in result["jobs"] if job["rule"] == "extract"]
     assert {job["wildcards"]["condition"] for job in extracts} == expected and len(extracts) == len(expected)
     assert rules["analyze_layers"]["jobs"] == len(extracts) * 2  # 5 stored layers in blocks of 3
     # The store: every stored layer of every prompt, in whole chunks, float32.
-    rows = analysis_rows(config, load_constants())
+    rows = workload.analysis_rows()
     assert rows == 600
     width = 128
     store = rules["extract"]["bytes_written"]

@@ -20,7 +20,6 @@ from repgeom.costs import calibrate
 from repgeom.costs.dag import dry_run, local_rules, parse_dry_run, with_finetuned_conditions
 from repgeom.costs.estimate import CostModel, Estimate, PlanError, load_constants
 from repgeom.costs.schedule import Cluster, list_schedule, misfits
-from repgeom.costs.workload import finetune_rows
 from repgeom.errors import InputError
 from repgeom.workflow.plan import finetuned_steps
 
@@ -61,20 +60,20 @@ def read_config(path: str | Path, results_dir: str | Path | None = None) -> dict
     return config
 
 
-def planned_jobs(config: Mapping, constants: Mapping, forceall: bool):
+def planned_jobs(config: Mapping, model: CostModel, forceall: bool):
     """The jobs of the workflow's dry run for `config`, with the fine-tuned conditions added when not yet known."""
     with tempfile.TemporaryDirectory() as folder:
         config_file = Path(folder) / "config.yaml"
         config_file.write_text(yaml.safe_dump(dict(config)))
         jobs = parse_dry_run(dry_run(config_file, forceall=forceall), local_rules())
-    finetuned = finetuned_steps(config, lambda: finetune_rows(config, constants))
+    finetuned = finetuned_steps(config, model.workload.finetune_rows)
     return with_finetuned_conditions(jobs, {c: c.split("-")[1] for c in finetuned})
 
 
 def estimates_for(config: Mapping, constants: Mapping, gpu: str, forceall: bool) -> list[Estimate]:
     model = CostModel(config, constants, gpu)
     # A target rule such as `all` writes nothing and runs nothing.
-    return [model.estimate(job) for job in planned_jobs(config, constants, forceall) if job.outputs]
+    return [model.estimate(job) for job in planned_jobs(config, model, forceall) if job.outputs]
 
 
 def job_warnings(estimates: Sequence[Estimate], constants: Mapping) -> tuple[list[str], list[str]]:

@@ -20,7 +20,7 @@ from repgeom.analysis.params import AnalysisParams, layer_memory_mb
 from repgeom.costs import flops, memory
 from repgeom.costs.architecture import Architecture, model_architecture
 from repgeom.costs.dag import Job
-from repgeom.costs.workload import Lengths, finetune_lengths, prompt_lengths
+from repgeom.costs.workload import Lengths, Workload
 from repgeom.errors import InputError
 from repgeom.extract.batching import TokenSample
 from repgeom.finetune.params import method_params, parse_params
@@ -84,6 +84,7 @@ class CostModel:
             raise PlanError(f"--gpu {gpu}: not a device of the cost model (known: "
                             f"{', '.join(sorted(constants['devices']))})")
         self.config, self.constants, self.gpu = config, constants, gpu
+        self.workload = Workload(config, constants, self.model_folder)
 
     @functools.cache
     def architecture(self, model: str) -> Architecture:
@@ -148,7 +149,7 @@ class CostModel:
         model, condition = job.wildcards["model"], job.wildcards["condition"]
         arch, section = self.architecture(model), self.config["extraction"]
         dtype = self.model_dtype("extraction", job)
-        lengths = prompt_lengths(self.config, self.constants, model, condition)
+        lengths = self.workload.prompt_lengths(model, condition)
         parallel = self.config["models"][model].get("extraction_parallel", section["parallel"])
         work = flops.extraction_flops(arch, lengths.tokens)
         key = self.rate_key(job, "forward_flops_per_s", dtype)
@@ -177,7 +178,7 @@ class CostModel:
 
     def finetune_plan(self, method: str, model: str):
         params = parse_params(method_params(self.config["finetune"], method))
-        lengths = finetune_lengths(self.config, self.constants, self.model_folder(model))
+        lengths = self.workload.finetune_lengths(model)
         return params, lengths
 
     def _finetune(self, job: Job) -> Estimate:
@@ -205,7 +206,7 @@ class CostModel:
         model, condition = job.wildcards["model"], job.wildcards["condition"]
         first, last = map(int, job.wildcards["layers"].split("-"))
         arch, params = self.architecture(model), AnalysisParams.coerce(self.config["analysis"]["params"])
-        n = prompt_lengths(self.config, self.constants, model, condition).n
+        n = self.workload.prompt_lengths(model, condition).n
         sample = self.config["extraction"].get("token_sample") or {}
         sizes = [n] * (last - first + 1) + [sample["size"] for layer in sample.get("layers", ())
                                              if first <= layer <= last]
