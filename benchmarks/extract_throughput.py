@@ -262,6 +262,7 @@ def main() -> None:
         "block_parameters": block_parameters(model), "prompts": n_prompts, "tokens": n_tokens,
         "naive_prompts": n_naive, "max_batch_tokens": settings.max_batch_tokens, "chunk_rows": settings.chunk_rows,
         "tokens_per_s": {k: v[0] for k, v in results.items()}, "seconds": {k: v[1] for k, v in results.items()},
+        "production": {"path": "extractor", "tokens": n_tokens, "seconds": results["extractor"][1]},
         "lengths": args.lengths, "prompt_lengths": [len(ids) for ids in token_lists],
         "median_prompt_tokens": float(np.median([len(ids) for ids in token_lists])),
         "extractor_vs_plain": extractor / plain, "extractor_vs_naive": extractor / naive if naive else None,
