@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -50,6 +51,7 @@ from repgeom.analysis.memory import keep_freed_memory  # noqa: E402
 from repgeom.analysis.neighbor_artifact import layer_neighbors  # noqa: E402
 from repgeom.analysis.overlap import OverlapSide, pair_overlap  # noqa: E402
 from repgeom.analysis.params import AnalysisParams  # noqa: E402
+from repgeom.provenance.records import short_commit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # Stages of (b) that the reference path also has; local_id and probes are extra metrics.
@@ -218,7 +220,8 @@ def main() -> None:
 
     ref, ref_t = runs["a_dadapy_reference"]
     report = {"n": args.n, "d": args.d, "maxk": args.maxk, "threads": args.threads, "subjects": args.subjects,
-              "repeats": args.repeats,
+              "repeats": args.repeats, "commit": short_commit(), "command": shlex.join(["benchmarks/analysis_speed.py",
+                                                                                         *sys.argv[1:]]),
               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                           "gpu": torch.cuda.get_device_name() if devices.get("c_project_gpu") == "cuda" else None,
                           "gpu_device": devices.get("c_project_gpu")},

@@ -3,6 +3,7 @@
   python benchmarks/extract_throughput.py               # GPU: random Llama-3-8B shape in bf16; CPU: a small Llama
   python benchmarks/extract_throughput.py --prompts 48  # quicker
   python benchmarks/extract_throughput.py --lengths reference-mix --naive-prompts 0   # as benchmarks/gpu_check.sh
+  python benchmarks/extract_throughput.py --shape smollm2 --dtype bfloat16   # the CPU constant of `repgeom plan`
 
 (a) extractor: the production path (`repgeom.extract.forward.extract_rank_share`: hooks that keep only last-token rows,
     length-sorted batches, asynchronous copies to pinned memory, a writer thread) into a temporary zarr store,
@@ -18,7 +19,8 @@ roofline. The model is built from its config: no download.
 Prompt lengths: `five-shot` (the default) spreads them like 5-shot MMLU; `reference-mix` mixes the reference's
 conditions, 0-, 1-, 2- and 5-shot in equal parts (config/paper_llama3_8b.yaml's shots), each a header and k + 1
 question blocks of MMLU-like length (mean 110 tokens, 40-600).
-Prints a table and writes benchmarks/results/extract_throughput.json.
+Prints a table and writes benchmarks/results/extract_throughput.json, with what benchmarks/plan_constants.py needs to
+turn the extractor's tokens/s into FLOP/s: the model's config, the dtype, each prompt's length, the commit.
 The latest numbers, with the machine and commit: docs/benchmarks.md.
 """
 from __future__ import annotations
@@ -26,6 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +45,7 @@ from repgeom.extract.hooks import find_hook_points
 from repgeom.extract.model_setup import ExtractionModel
 from repgeom.extract.forward import DEFAULT_BATCH_TOKENS, extract_rank_share
 from repgeom.extract.job import ExtractionSettings
+from repgeom.provenance.records import short_commit
 from repgeom.store import read_layer
 from repgeom.store.writing import GroupSpec, open_group_for_writing
 
@@ -52,8 +57,12 @@ SMALL_LLAMA = dict(vocab_size=32000, hidden_size=512, intermediate_size=1408, nu
 # The CPU dry run of benchmarks/gpu_check.sh: the same code, in seconds.
 TINY_LLAMA = dict(vocab_size=1000, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=False)
+# The default run's model (config/config.yaml), for the CPU constants of `repgeom plan`.
+SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                    num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0,
+                    tie_word_embeddings=True)
 SHAPES = {"8b": (LLAMA3_8B, "random Llama-3-8B shape"), "small": (SMALL_LLAMA, "small random Llama"),
-          "tiny": (TINY_LLAMA, "tiny random Llama")}
+          "tiny": (TINY_LLAMA, "tiny random Llama"), "smollm2": (SMOLLM2_135M, "random SmolLM2-135M shape")}
 MATMUL_SIDE = {"cuda": 8192, "cpu": 1024}
 # Dense bf16 tensor-core peaks (FLOP/s), by device name.
 BF16_PEAK = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
@@ -61,10 +70,16 @@ PAD_ID = 0
 LETTER_IDS = [32, 33, 34, 35]
 
 
-def build_model(device: torch.device, shape: str | None = None) -> tuple[torch.nn.Module, torch.dtype, str]:
-    on_gpu = device.type == "cuda"
-    dtype = torch.bfloat16 if on_gpu else torch.float32
-    layout, name = SHAPES[shape or ("8b" if on_gpu else "small")]
+def default_shape(device: torch.device) -> str:
+    return "8b" if device.type == "cuda" else "small"
+
+
+def build_model(device: torch.device, shape: str | None = None,
+                dtype_name: str | None = None) -> tuple[torch.nn.Module, torch.dtype, str]:
+    """The random model of `shape` in `dtype_name` (default: bf16 on a GPU, float32 on the CPU)."""
+    default = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = getattr(torch, dtype_name) if dtype_name else default
+    layout, name = SHAPES[shape or default_shape(device)]
     config = LlamaConfig(**layout)
     torch.manual_seed(0)
     with torch.device(device):
@@ -193,6 +208,8 @@ def main() -> None:
     parser.add_argument("--max-batch-tokens", type=int, help="default: the extractor's default for the device")
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak of the GPU, if not in the built-in table")
     parser.add_argument("--shape", choices=list(SHAPES), help="model shape (default: 8b on a GPU, small on the CPU)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"),
+                        help="the model's dtype (default: bfloat16 on a GPU, float32 on the CPU)")
     parser.add_argument("--lengths", choices=("five-shot", "reference-mix"), default="five-shot",
                         help="prompt lengths: 5-shot-like (default) or the reference's 0/1/2/5-shot mix")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "extract_throughput.json")
@@ -200,7 +217,8 @@ def main() -> None:
 
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
-    model, dtype, model_name = build_model(device, args.shape)
+    shape_name = args.shape or default_shape(device)
+    model, dtype, model_name = build_model(device, shape_name, args.dtype)
     n_prompts = args.prompts or (1024 if on_gpu else 64)
     tiny = args.shape == "tiny"
     if args.lengths == "reference-mix":
@@ -237,11 +255,17 @@ def main() -> None:
     report = {
         "device": torch.cuda.get_device_name(device) if on_gpu else f"CPU ({platform.processor() or 'unknown'}, "
                                                                      f"{torch.get_num_threads()} threads)",
-        "model": model_name, "dtype": str(dtype), "parameters": sum(p.numel() for p in model.parameters()),
+        "threads": torch.get_num_threads(), "commit": short_commit(),
+        "command": shlex.join([f"benchmarks/{Path(__file__).name}", *sys.argv[1:]]),
+        "model": model_name, "shape": shape_name, "config": SHAPES[shape_name][0],
+        "dtype": str(dtype).removeprefix("torch."),
+        "parameters": sum(p.numel() for p in model.parameters()),
         "block_parameters": block_parameters(model), "prompts": n_prompts, "tokens": n_tokens,
         "naive_prompts": n_naive, "max_batch_tokens": settings.max_batch_tokens, "chunk_rows": settings.chunk_rows,
         "tokens_per_s": {k: v[0] for k, v in results.items()}, "seconds": {k: v[1] for k, v in results.items()},
-        "lengths": args.lengths, "median_prompt_tokens": float(np.median([len(ids) for ids in token_lists])),
+        "production": {"path": "extractor", "tokens": n_tokens, "seconds": results["extractor"][1]},
+        "lengths": args.lengths, "prompt_lengths": [len(ids) for ids in token_lists],
+        "median_prompt_tokens": float(np.median([len(ids) for ids in token_lists])),
         "extractor_vs_plain": extractor / plain, "extractor_vs_naive": extractor / naive if naive else None,
         "matmul_rate_flops": rate, "matmul_side": MATMUL_SIDE[device.type],
         "measured_roofline_fraction": {k: v[0] * flop_per_token / rate for k, v in results.items()},

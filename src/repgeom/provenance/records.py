@@ -228,6 +228,15 @@ def code_version() -> dict:
     return {"git_commit": commit, "dirty": True, "diff_sha256": digest.hexdigest()}
 
 
+def short_commit() -> str | None:
+    """The code as a measurement names it: the commit's short hash, `-dirty` when the tree has changes; None
+    outside a git checkout."""
+    version = code_version()
+    if version["git_commit"] is None:
+        return None
+    return version["git_commit"][:7] + ("-dirty" if version["dirty"] else "")
+
+
 def _gpus() -> tuple[str | None, int]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     wanted = None if visible is None else [v.strip() for v in visible.split(",") if v.strip() and v.strip() != "-1"]
