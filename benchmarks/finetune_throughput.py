@@ -96,16 +96,16 @@ def default_model_dtype(on_gpu: bool) -> torch.dtype:
 
 
 def padded_lengths(workdir: Path, params: dict, context: int) -> list[int]:
-    """The padded length of every row of the stage's micro-batches over the run, in its order: the lengths its FLOP
-    are counted over. The stage's own encoding (truncated to the model's context, as for LoRA) and the planner's
-    replay of its batch plan."""
-    from repgeom.costs.estimate import padded_micro_batches
+    """The padded length of every row of the stage's forward passes over the run (one rank), in its order: the
+    lengths its FLOP are counted over. The stage's own encoding (truncated to the model's context, as for LoRA) and
+    the planner's replay of its batch plan."""
+    from repgeom.costs.estimate import padded_passes
     from repgeom.finetune.data import encode_finetune_set
     from repgeom.finetune.params import parse_params
     from repgeom.models.loading import load_tokenizer
 
     encoded = encode_finetune_set(workdir / "finetune_set.parquet", load_tokenizer(str(workdir / "model")), context)
-    return padded_micro_batches(np.array([len(ids) for ids in encoded.input_ids]), parse_params(params))
+    return padded_passes(np.array([len(ids) for ids in encoded.input_ids]), parse_params(params), ranks=1)
 
 
 def peak_memory_bytes() -> int:

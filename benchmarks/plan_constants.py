@@ -99,9 +99,7 @@ def training_rate(result: Mapping, cores: int, via: str | None = None, memory_gi
     """The fine-tuning stage's FLOP over its seconds: train_flops_per_s of the dtype it trained in."""
     production = result["production"]
     kind = device_kind(result["device"], memory_gib)
-    # The stage has no gradient checkpointing (repgeom.finetune): a step is one forward and one backward pass.
-    flops = training_flops(Architecture.from_hf_config(result["config"]), result["padded_lengths"],
-                           gradient_checkpointing=False)
+    flops = training_flops(Architecture.from_hf_config(result["config"]), result["padded_lengths"])
     measured = f"{production['tokens'] / production['seconds']:,.0f} tokens/s"
     return Rate(("devices", kind, "train_flops_per_s", result["dtype"]),
                 device_rate(flops / production["seconds"], kind, result["threads"], cores),

@@ -90,8 +90,7 @@ def test_cpu_results_become_the_flops_of_repgeom_costs(tmp_path, constants):
     assert cpu["forward_flops_per_s"]["bfloat16"]["source"] == (
         "measured: benchmarks/extract_throughput.py --shape smollm2 --dtype bfloat16 at abc1234 on "
         "CPU (x86_64, 1 threads), 150 tokens/s, scaled from 1 threads to 2 cores")
-    train = training_flops(Architecture.from_hf_config({**SMOLLM2, "num_hidden_layers": 2}), [50, 50, 80, 80],
-                           gradient_checkpointing=False) / 10.0
+    train = training_flops(Architecture.from_hf_config({**SMOLLM2, "num_hidden_layers": 2}), [50, 50, 80, 80]) / 10.0
     assert cpu["train_flops_per_s"]["float32"]["value"] == rounded(train)
     assert "23 tokens/s" in cpu["train_flops_per_s"]["float32"]["source"]
     assert cpu["knn_flops_per_s"]["value"] == rounded(knn_flops(1000, 64) / 0.5)

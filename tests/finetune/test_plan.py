@@ -94,3 +94,18 @@ def test_bad_params_name_the_key(raw, message):
 def test_empty_set_has_no_checkpoints():
     with pytest.raises(FinetuneError, match="fine-tuning set is empty"):
         checkpoint_steps(0, {})
+
+
+def test_passes_fit_the_token_budget_and_every_rank_runs_as_many():
+    from repgeom.finetune.plan import rank_passes, split_into_passes
+
+    lengths = np.array([100, 1000, 90, 80, 500, 400, 30, 20])
+    assert [list(p) for p in split_into_passes(np.array([0, 2, 3]), lengths, 1024)] == [[0, 2, 3]]  # fits: as is
+    assert [list(p) for p in split_into_passes(np.array([0, 1, 4, 5]), lengths, 1024)] == [[1], [4, 5], [0]]
+    params = parse_params({"effective_batch": 8, "micro_batch": 2, "max_batch_tokens": 1024})
+    rows = np.arange(8)
+    shares = [rank_passes(rows, lengths, params, 2, rank) for rank in range(2)]
+    # Micro-step 0: rank 0 has rows 0, 1 (1,000 x 2 > 1,024: two passes), rank 1 rows 2, 3 (one, and a padding pass).
+    assert [[list(p) for p in micro] for micro in shares[1]] == [[[2, 3], []], [[6, 7]]]
+    assert [len(micro) for micro in shares[0]] == [len(micro) for micro in shares[1]]
+    assert sorted(int(row) for share in shares for micro in share for p in micro for row in p) == list(range(8))

@@ -191,7 +191,8 @@ def run_plan(argv: Sequence[str]) -> int:
     cluster = Cluster.parse(args.cluster, os.cpu_count() or 1) if args.cluster else Cluster(1, 0, os.cpu_count() or 1)
     estimates = estimates_for(config, constants, args.gpu, forceall=not args.remaining)
     errors, warnings = job_warnings(estimates, constants)
-    errors += misfits([e.job for e in estimates], cluster)
+    # A job no node can hold comes first: its memory per GPU is moot until it has its GPUs.
+    errors = misfits([e.job for e in estimates], cluster) + errors
     if errors:
         raise PlanError(first_per_rule(errors))
     schedule = list_schedule([e.job for e in estimates], {e.job.jobid: e.seconds for e in estimates}, cluster)

@@ -24,7 +24,7 @@ from repgeom.costs.workload import Lengths, Workload
 from repgeom.errors import InputError
 from repgeom.extract.batching import TokenSample
 from repgeom.finetune.params import method_params, parse_params
-from repgeom.finetune.plan import checkpoint_steps, step_rows, total_steps
+from repgeom.finetune.plan import checkpoint_steps, rank_passes, step_rows, total_steps
 from repgeom.store.layout import chunk_rows
 from repgeom.workflow.models import made_by_workflow, stored_layers
 
@@ -136,7 +136,7 @@ class CostModel:
     def estimate(self, job: Job) -> Estimate:
         method = getattr(self, f"_{job.rule}", None)
         if method is None:
-            estimate = Estimate(job, self.device(job), self.startup(job.rule), memory.PROCESS_BASE_MB, 0, 0)
+            estimate = Estimate(job, self.device(job), self.startup(job.rule), memory.PROCESS_BASELINE_MB, 0, 0)
         else:
             estimate = method(job)
         fixed = self.constants.get("fixed_bytes", {})
@@ -186,16 +186,15 @@ class CostModel:
         arch, section = self.architecture(model), self.config["finetune"]
         params, lengths = self.finetune_plan(method, model)
         dtype = self.model_dtype("finetune", job)
-        padded = padded_micro_batches(lengths.tokens, params)
-        checkpointing = memory.uses_gradient_checkpointing(section)
-        work = flops.training_flops(arch, padded, checkpointing)
+        padded = padded_passes(lengths.tokens, params, max(job.gpus, 1))
+        work = flops.training_flops(arch, padded)
         parallel = "zero3" if section.get("deepspeed") == "zero3" else "data"
         key = self.rate_key(job, "train_flops_per_s", dtype)
         peak = memory.training_peak_mb(
             arch, dtype_bytes=DTYPE_BYTES[dtype], micro_batch=params.micro_batch,
-            max_batch_tokens=section.get("max_batch_tokens"), longest_row=int(lengths.tokens.max()),
+            max_batch_tokens=params.max_batch_tokens, longest_row=int(lengths.tokens.max()),
             lora_rank=params.lora_r, world_size=max(job.gpus, 1),
-            zero_stage=3 if parallel == "zero3" else 2, gradient_checkpointing=checkpointing, on_gpu=bool(job.gpus))
+            zero_stage=3 if parallel == "zero3" else 2, on_gpu=bool(job.gpus))
         # One adapter folder per checkpoint name (the last step is saved under its step and its epoch).
         adapter_bytes = len(checkpoint_steps(lengths.n, params)) * arch.lora_params(params.lora_r) * DTYPE_BYTES[dtype]
         return Estimate(job, self.device(job), self.startup("finetune") + self.load_seconds(job, model, DTYPE_BYTES[dtype]),
@@ -221,7 +220,7 @@ class CostModel:
 
     def _import_model(self, job: Job) -> Estimate:
         arch = self.architecture(job.wildcards["model"])
-        return Estimate(job, "cpu", self.startup("import_model"), memory.PROCESS_BASE_MB + 2 * arch.n_params * 4 / MB,
+        return Estimate(job, "cpu", self.startup("import_model"), memory.PROCESS_BASELINE_MB + 2 * arch.n_params * 4 / MB,
                         0, arch.n_params * 4 + MODEL_FOLDER_EXTRA_BYTES,
                         variable_s=self.load_seconds(job, job.wildcards["model"], 4),
                         rate_keys=(("devices", "cpu", "load_gb_per_s"),))
@@ -233,19 +232,19 @@ class CostModel:
         # Full pre-training: the weight gradients cost another backward pass.
         work = flops.forward_flops(arch, lengths) * (flops.TRAIN_PASSES + 1)
         key = self.rate_key(job, "train_flops_per_s", "float32")
-        return Estimate(job, "cpu", self.startup("build_model"), memory.PROCESS_BASE_MB + 16 * arch.n_params / MB, 0,
+        return Estimate(job, "cpu", self.startup("build_model"), memory.PROCESS_BASELINE_MB + 16 * arch.n_params / MB, 0,
                         arch.n_params * 4 + MODEL_FOLDER_EXTRA_BYTES, int(lengths.sum()), work,
                         variable_s=work / self.rate(job, key), rate_keys=(key,))
 
 
-def padded_micro_batches(lengths: np.ndarray, params) -> list[int]:
-    """The padded length of every micro-batch row over the whole training run, in the training's own row order
-    (each micro-batch is padded to its longest row)."""
+def padded_passes(lengths: np.ndarray, params, ranks: int) -> list[int]:
+    """The padded length of every row of every forward pass the training runs, in its own order: each step's rows,
+    over the ranks' micro-batches, split into passes within `max_batch_tokens` (repgeom.finetune.plan), each padded
+    to its longest row."""
     padded = []
     for step in range(total_steps(len(lengths), params)):
         rows = step_rows(len(lengths), params, step)
-        for start in range(0, len(rows), params.micro_batch):
-            micro = lengths[rows[start:start + params.micro_batch]]
-            padded.extend([int(micro.max())] * len(micro))
+        for rank in range(ranks):
+            for passes in rank_passes(rows, lengths, params, ranks, rank):
+                padded.extend(int(lengths[p].max()) for p in passes if len(p) for _ in p)
     return padded
-

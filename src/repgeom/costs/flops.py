@@ -2,8 +2,8 @@
 
 Plain counts: a forward pass multiplies every token through every weight matrix (2 FLOP per weight) and attends to
 the tokens before it (2 x 2 x width FLOP per earlier token and layer: scores and the weighted sum). A LoRA training
-step adds the backward pass through the frozen weights (the input gradients: as much again) and, with gradient
-checkpointing, a second forward pass; the adapters' own gradients are negligible at LoRA ranks.
+step adds the backward pass through the frozen weights (the input gradients: as much again); the adapters' own
+gradients are negligible at LoRA ranks.
 """
 from __future__ import annotations
 
@@ -11,10 +11,8 @@ from collections.abc import Iterable
 
 from repgeom.costs.architecture import Architecture
 
-# Forward passes a training step costs, in forward-pass units: forward + backward (input gradients only).
+# Forward passes a LoRA training step costs, in forward-pass units: forward + backward (input gradients only).
 TRAIN_PASSES = 2
-# ... and with gradient checkpointing, the forward pass again.
-TRAIN_PASSES_CHECKPOINTED = 3
 
 
 def forward_flops(arch: Architecture, lengths: Iterable[int]) -> float:
@@ -33,10 +31,9 @@ def extraction_flops(arch: Architecture, lengths: Iterable[int]) -> float:
     return forward_flops(arch, lengths) - head * (sum(lengths) - len(lengths))
 
 
-def training_flops(arch: Architecture, lengths: Iterable[int], gradient_checkpointing: bool) -> float:
-    """One pass of LoRA training over sequences of these (padded) lengths."""
-    passes = TRAIN_PASSES_CHECKPOINTED if gradient_checkpointing else TRAIN_PASSES
-    return passes * forward_flops(arch, lengths)
+def training_flops(arch: Architecture, lengths: Iterable[int]) -> float:
+    """LoRA training over sequences of these (padded) lengths, once each."""
+    return TRAIN_PASSES * forward_flops(arch, lengths)
 
 
 def knn_flops(n_points: int, dim: int) -> float:

@@ -1,84 +1,117 @@
-"""Peak memory of an extraction or a LoRA training job, from the model's shape and the job's batch settings.
+"""Peak memory of a fine-tuning or an extraction process, in megabytes, from the model's shape and the run's settings.
 
-Parts: the process itself (Python, torch, transformers imported), the weights, and the activations of the largest
-forward pass. An extraction keeps nothing across layers; training keeps each layer's activations for the backward
-pass (only each layer's input under gradient checkpointing, which recomputes the rest one layer at a time).
-Attention on padded batches takes torch's math path, whose B x heads x T x T probabilities are the part that grows
-with the square of the longest row.
+Both are sums of parts: a fixed process baseline, the weights, (training) the adapter with its AdamW states and
+gradients, and what one forward pass holds for its padded tokens. A pass's padded tokens are bounded by the
+stage's `max_batch_tokens` (rows x longest row), except that a single row longer than the budget is its own pass.
+
+The per-token counts were calibrated on SmolLM2-135M's shape (30 blocks, width 576, MLP 1536) in float32 on a CPU
+with torch 2.13, transformers 5.23, peft 0.21 and SDPA attention (transformers' default), and checked on a 6-block
+model of that width by tests/costs/test_memory.py. SDPA keeps no [heads, T, T] attention matrix, for training or
+inference: 4 rows of 250 tokens and 1 row of 1,010 peak alike (4.1 GB), where eager attention adds the
+B x heads x T^2 probabilities to every block (+4.0 GB at 4 x 1,010 tokens).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from repgeom.costs.architecture import Architecture
 
-MB = 1 << 20
-# A job process with torch and transformers imported, before any model: the tests' tiny run (a 1M-parameter model)
-# peaks at 705 MB in its extract jobs, its prompts jobs (tokenizer only) at 522 MB.
-PROCESS_BASE_MB = 650
-# DeepSpeed's engine and its optimizer wrapper beside that.
-DEEPSPEED_MB = 150
-# Per GPU: the CUDA context, cuBLAS and attention workspaces, allocator fragmentation (repgeom.models.loading).
+MB = 2 ** 20
+# torch, transformers, peft and deepspeed imported, the tokenizer loaded: 400 MB measured (ru_maxrss, CPU).
+PROCESS_BASELINE_MB = 400
+# The CUDA runtime's host memory (its libraries and context) beside the CPU baseline: not measured here (no GPU).
+CUDA_HOST_MB = 1500
+# On each GPU: the CUDA context, cuBLAS and attention workspaces, allocator fragmentation (as
+# repgeom.models.loading.GPU_OVERHEAD_BYTES, the extraction's device-map reserve).
 GPU_OVERHEAD_MB = 2048
-# Activations a training pass keeps per token and layer, in units of the model dtype: the normalised input and its
-# LoRA-dropout copies for q, k, v, o, gate and up (the width D each), attention output, the MLP's input, gate, up
-# and product (the MLP width I each).
-KEPT_PER_TOKEN_D, KEPT_PER_TOKEN_I = 12, 4
-# Transient activations of one layer's forward pass per token (inference): a few D-wide and I-wide buffers.
-LIVE_PER_TOKEN_D, LIVE_PER_TOKEN_I = 4, 2
-# AdamW in float32 per trainable parameter: master copy, gradient, two moments.
-OPTIMIZER_BYTES = 16
+# AdamW's two moments, float32, per trainable parameter, and its float32 gradient (DeepSpeed keeps both in float32).
+ADAM_STATE_BYTES = 8
+FP32_GRAD_BYTES = 4
+# Values per token per block that autograd keeps for backward (LoRA on all seven projections, no dropout): counted,
+# the norms' inputs and outputs (4 D), q, k, v, their rotated copies, the GQA-expanded keys and values, SDPA's
+# output and the o input (~12 D), the MLP's gate, up, SiLU and product (4 I) and LoRA's low-rank outputs; rounded up
+# to the 20.8k values (20 D + 6 I at D 576, I 1536) measured per token per block on SmolLM2-135M.
+KEPT_PER_TOKEN_HIDDEN = 20
+KEPT_PER_TOKEN_INTERMEDIATE = 6
+# LoRA dropout keeps a dropped copy of each adapted projection's input and its mask (1 byte a value): q, k, v, o,
+# gate and up read D values, down reads I. Measured: dropout 0.1 adds 28 KB per token per block at D 576, I 1536.
+DROPOUT_INPUTS_HIDDEN = 6
+DROPOUT_INPUTS_INTERMEDIATE = 1
+# Inference holds one block's transients at a time: the MLP's gate, up and product (3 I) and the residual stream,
+# its norm and the attention output (3 D), as repgeom.models.loading.forward_reserve_bytes counts them.
+TRANSIENT_PER_TOKEN_HIDDEN = 3
+TRANSIENT_PER_TOKEN_INTERMEDIATE = 3
+# The extraction's logit lens: a batch has at most max_batch_tokens / MIN_PROMPT_TOKENS rows
+# (repgeom.models.loading.MIN_PROMPT_TOKENS); it keeps each row's logits at every layer and a float32 log-softmax.
+LENS_MIN_PROMPT_TOKENS = 32
 
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    host_mb: float
-    gpu_mb: float       # per GPU; 0 for a CPU job
+    host_mb: float  # the process's resident memory (per rank)
+    gpu_mb: float  # per GPU; 0 on a CPU
 
 
-def uses_gradient_checkpointing(section: Mapping) -> bool:
-    """Whether the config's fine-tuning recomputes activations in the backward pass."""
-    return bool(section.get("gradient_checkpointing", False))
+def pass_tokens(max_batch_tokens: int, longest_row: int, rows: int) -> int:
+    """Padded tokens of the largest forward pass: `rows` rows of the longest length, as many as the budget takes,
+    at least one."""
+    return longest_row * max(1, min(rows, max_batch_tokens // longest_row))
 
 
-def attention_bytes(rows: int, longest: int, arch: Architecture) -> float:
-    """Attention probabilities of one layer (float32) for `rows` rows padded to `longest` tokens."""
-    return rows * arch.n_heads * longest * longest * 4
+def training_activation_mb(arch: Architecture, tokens: int, *, dtype_bytes: int, lora_dropout: bool = True) -> float:
+    """What a training forward pass of `tokens` padded tokens keeps for backward."""
+    d, inter = arch.hidden_size, arch.intermediate_size
+    per_block = (KEPT_PER_TOKEN_HIDDEN * d + KEPT_PER_TOKEN_INTERMEDIATE * inter) * dtype_bytes
+    if lora_dropout:
+        per_block += (DROPOUT_INPUTS_HIDDEN * d + DROPOUT_INPUTS_INTERMEDIATE * inter) * (dtype_bytes + 1)
+    return tokens * arch.n_layers * per_block / MB
+
+
+def logits_mb(arch: Architecture, rows: int, kept_positions: int, dtype_bytes: int) -> float:
+    """Logits at the kept positions ([rows, kept, V]) and their float32 copy for the cross-entropy."""
+    return rows * kept_positions * arch.vocab_size * (dtype_bytes + 4) / MB
+
+
+def training_peak_mb(arch: Architecture, *, dtype_bytes: int, micro_batch: int, max_batch_tokens: int,
+                     longest_row: int, lora_rank: int, world_size: int = 1, zero_stage: int = 2,
+                     on_gpu: bool = False) -> MemoryEstimate:
+    """Peak memory of one rank of a LoRA fine-tuning (`repgeom.finetune`): the weights (sharded over the ranks
+    under ZeRO-3, one block gathered at a time), the adapter with its gradient and AdamW states, and the
+    activations kept for backward by the largest forward pass (`pass_tokens` of the micro-batch), with logits at
+    one position a row (`logits_to_keep`)."""
+    weights = arch.n_params * dtype_bytes / MB
+    if zero_stage == 3:
+        weights = weights / world_size + arch.block_params * dtype_bytes / MB
+    adapter = arch.lora_params(lora_rank) * (dtype_bytes + FP32_GRAD_BYTES + ADAM_STATE_BYTES) / MB
+    rows = pass_tokens(max_batch_tokens, longest_row, micro_batch) // longest_row
+    forward = (training_activation_mb(arch, pass_tokens(max_batch_tokens, longest_row, micro_batch),
+                                      dtype_bytes=dtype_bytes)
+               + logits_mb(arch, rows, rows, dtype_bytes))
+    if on_gpu:
+        return MemoryEstimate(host_mb=PROCESS_BASELINE_MB + CUDA_HOST_MB,
+                              gpu_mb=weights + adapter + forward + GPU_OVERHEAD_MB)
+    return MemoryEstimate(host_mb=PROCESS_BASELINE_MB + weights + adapter + forward, gpu_mb=0.0)
 
 
 def extraction_peak_mb(arch: Architecture, *, dtype_bytes: int, max_batch_tokens: int, longest_prompt: int,
-                       gpus: int, parallel: str, on_gpu: bool) -> MemoryEstimate:
-    """An extraction job: the weights (read as float32 from the model folder on a CPU; in the model dtype, per GPU
-    as `parallel` spreads them, on GPUs) and one layer's activations of a batch of `max_batch_tokens` padded tokens
-    (length-sorted batches: rows x longest stays within the budget)."""
-    tokens = max(max_batch_tokens, longest_prompt)
-    live = tokens * (LIVE_PER_TOKEN_D * arch.hidden_size + LIVE_PER_TOKEN_I * arch.intermediate_size) * dtype_bytes
-    live += attention_bytes(max(1, tokens // longest_prompt), longest_prompt, arch)
-    if not on_gpu:
-        return MemoryEstimate(PROCESS_BASE_MB + (arch.n_params * 4 + live) / MB, 0)
-    shards = gpus if parallel in ("device_map", "zero3") else 1
-    weights = arch.n_params * dtype_bytes / shards
-    return MemoryEstimate(PROCESS_BASE_MB + 1024, GPU_OVERHEAD_MB + (weights + live) / MB)
-
-
-def training_peak_mb(arch: Architecture, *, dtype_bytes: int, micro_batch: int, max_batch_tokens: int | None,
-                     longest_row: int, lora_rank: int, world_size: int, zero_stage: int,
-                     gradient_checkpointing: bool, on_gpu: bool) -> MemoryEstimate:
-    """A LoRA training rank: the frozen weights (sharded under ZeRO-3), the adapters with their float32 optimizer
-    state, and the activations one forward pass keeps for its backward pass: a micro-batch of its longest row's
-    length, or the padded tokens `max_batch_tokens` allows in one pass."""
-    rows = micro_batch if not max_batch_tokens else max(1, min(micro_batch, max_batch_tokens // longest_row))
-    tokens = rows * longest_row
-    per_layer = tokens * (KEPT_PER_TOKEN_D * arch.hidden_size + KEPT_PER_TOKEN_I * arch.intermediate_size) * dtype_bytes
-    per_layer += 2 * attention_bytes(rows, longest_row, arch)  # the scores and their softmax
-    if gradient_checkpointing:
-        kept = arch.n_layers * tokens * arch.hidden_size * dtype_bytes + per_layer
-    else:
-        kept = arch.n_layers * per_layer
-    lora = arch.lora_params(lora_rank) * (dtype_bytes + OPTIMIZER_BYTES)
-    weights = arch.n_params * dtype_bytes / (world_size if zero_stage == 3 else 1)
-    if not on_gpu:
-        # On a CPU the float32 file is read, then cast to the model dtype.
-        return MemoryEstimate(PROCESS_BASE_MB + DEEPSPEED_MB + (arch.n_params * 4 + lora + kept) / MB, 0)
-    return MemoryEstimate(PROCESS_BASE_MB + DEEPSPEED_MB + 1024, GPU_OVERHEAD_MB + (weights + lora + kept) / MB)
+                       gpus: int = 1, parallel: str = "data", on_gpu: bool = False) -> MemoryEstimate:
+    """Peak memory of an extraction process (`repgeom.extract`): no gradients, so a forward pass holds one block's
+    transients for its padded tokens (`repgeom.extract.batching.length_batches`) and the logit lens of its rows.
+    `parallel`: 'data' (each rank a full copy; per rank), 'device_map' (one process, the blocks spread over
+    `gpus`), 'zero3' (each rank a 1/gpus share, one block gathered at a time)."""
+    if parallel not in ("data", "device_map", "zero3"):
+        raise ValueError(f"parallel must be 'data', 'device_map' or 'zero3', got {parallel!r}")
+    weights = arch.n_params * dtype_bytes / MB
+    if parallel == "device_map":
+        weights /= gpus
+    elif parallel == "zero3":
+        weights = weights / gpus + arch.block_params * dtype_bytes / MB
+    tokens = pass_tokens(max_batch_tokens, longest_prompt, max_batch_tokens)
+    transient = tokens * (TRANSIENT_PER_TOKEN_HIDDEN * arch.hidden_size
+                          + TRANSIENT_PER_TOKEN_INTERMEDIATE * arch.intermediate_size) * dtype_bytes / MB
+    rows = max(1, min(tokens // longest_prompt, max_batch_tokens // LENS_MIN_PROMPT_TOKENS))
+    lens = rows * arch.vocab_size * ((arch.n_layers + 1) * dtype_bytes + 4) / MB
+    forward = transient + lens
+    if on_gpu:
+        return MemoryEstimate(host_mb=PROCESS_BASELINE_MB + CUDA_HOST_MB, gpu_mb=weights + forward + GPU_OVERHEAD_MB)
+    return MemoryEstimate(host_mb=PROCESS_BASELINE_MB + weights + forward, gpu_mb=0.0)

@@ -28,6 +28,9 @@ class FinetuneParams:
     epochs: int = 4
     effective_batch: int = 16
     micro_batch: int = 4
+    # Padded tokens of one forward pass, at most: a micro-batch over it runs as several passes before the optimizer's
+    # step (the same gradient). Memory follows it: 4 GB for SmolLM2-135M in float32 on a CPU (repgeom.costs.memory).
+    max_batch_tokens: int = 1024
     warmup_fraction: float = 0.05
     final_lr_fraction: float = 0.01
     n_checkpoints: int = 10
@@ -41,7 +44,8 @@ class FinetuneParams:
         return dataclasses.asdict(self)
 
 
-_POSITIVE_INT = ("lora_r", "epochs", "effective_batch", "micro_batch", "n_checkpoints", "num_virtual_tokens")
+_POSITIVE_INT = ("lora_r", "epochs", "effective_batch", "micro_batch", "max_batch_tokens", "n_checkpoints",
+                 "num_virtual_tokens")
 _FRACTION = ("lora_dropout", "warmup_fraction")  # in [0, 1)
 
 

@@ -86,3 +86,32 @@ def rank_micro_batches(rows: np.ndarray, params: FinetuneParams, world_size: int
     m = params.micro_batch
     return [rows[(i * world_size + rank) * m: (i * world_size + rank + 1) * m]
             for i in range(accumulation_steps(params, world_size))]
+
+
+def split_into_passes(micro: np.ndarray, lengths: np.ndarray, max_batch_tokens: int) -> list[np.ndarray]:
+    """A micro-batch as forward passes whose padded tokens (rows x longest row) fit `max_batch_tokens`: one pass in
+    the given order when the whole micro-batch fits, else rows packed longest first, so that rows of like length
+    share a pass and little padding is run. Memory follows a pass's padded tokens, not the micro-batch's."""
+    if len(micro) * lengths[micro].max(initial=0) <= max_batch_tokens:
+        return [micro] if len(micro) else []
+    passes, current = [], []
+    for row in micro[np.argsort(-lengths[micro], kind="stable")]:
+        if current and (len(current) + 1) * lengths[current[0]] > max_batch_tokens:
+            passes.append(np.array(current))
+            current = []
+        current.append(row)
+    return passes + [np.array(current)]
+
+
+def rank_passes(rows: np.ndarray, lengths: np.ndarray, params: FinetuneParams, world_size: int,
+                rank: int) -> list[list[np.ndarray]]:
+    """This rank's micro-batches (`rank_micro_batches`), each as its forward passes (`split_into_passes`).
+
+    Every rank gets the same number of passes in a micro-step, the most any rank needs and at least one: under
+    ZeRO-3 each forward pass gathers the parameters collectively, and each micro-step's gradients are reduced
+    together. A rank with fewer passes gets empty arrays, to run with zero weight. Every rank computes the same
+    counts, from the global rows of the step."""
+    shares = [rank_micro_batches(rows, params, world_size, other) for other in range(world_size)]
+    split = [[split_into_passes(micro, lengths, params.max_batch_tokens) for micro in share] for share in shares]
+    counts = [max(1, *(len(share[i]) for share in split)) for i in range(len(split[rank]))]
+    return [passes + [rows[:0]] * (count - len(passes)) for passes, count in zip(split[rank], counts)]

@@ -34,6 +34,7 @@ from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -41,8 +42,8 @@ from repgeom.distributed import RankInfo, init_process_group, rank_device, rank_
 from repgeom.finetune.data import collate, encode_finetune_set, letter_losses
 from repgeom.finetune.methods import prefix_subspace, save_adapter, trainable_model, virtual_tokens_in_sequence
 from repgeom.finetune.params import PROMPT_LEARNING_METHODS, FinetuneError, FinetuneParams
-from repgeom.finetune.plan import (accumulation_steps, checkpoint_steps, learning_rate, mixing_weights,
-                                   rank_micro_batches, step_rows, steps_per_epoch, total_steps)
+from repgeom.finetune.plan import (accumulation_steps, checkpoint_steps, learning_rate, mixing_weights, rank_passes,
+                                   step_rows, steps_per_epoch, total_steps)
 from repgeom.io import atomic_path, write_json
 from repgeom.locks import LockedError, rank_locks
 from repgeom.models.loading import load_model, load_tokenizer, parse_dtype
@@ -194,7 +195,7 @@ class FinetuneJob:
         dtype = parse_dtype(self.model_dtype, device)
         params = self.params
         tokenizer = load_tokenizer(self.model, self.revision)
-        encoded = encode_finetune_set(self.train, tokenizer, self._max_tokens())
+        encoded = encode_finetune_set(self.train, tokenizer, self._max_tokens(), params.max_batch_tokens)
         n_steps = total_steps(len(encoded), params)
         ds_config = deepspeed_config(self.deepspeed_config, params, info.world_size, dtype)
         identity = json.loads(json.dumps({  # as it reads back from JSON (tuples become lists)
@@ -313,21 +314,17 @@ class FinetuneJob:
         # the global batch, also when the last batch of an epoch is short.
         scale = ds_config["gradient_accumulation_steps"] * info.world_size / len(rows)
         totals = torch.zeros(3, dtype=torch.float64, device=device)  # summed loss, rows, tokens
-        for micro in rank_micro_batches(rows, params, info.world_size, info.rank):
-            # An empty share still runs (one row, weight 0): every rank joins each gradient reduction.
-            row_weight = torch.full((max(len(micro), 1),), float(len(micro) > 0), device=device)
-            micro = micro if len(micro) else rows[:1]
-            batch = {key: value.to(device) for key, value in collate(encoded, micro, pad_id).items()}
-            mixing = subspace.mixing(torch.from_numpy(weights[micro]).to(device)) if subspace else nullcontext()
-            with mixing:
-                losses = letter_losses(engine, batch, virtual_tokens_in_sequence(params))
-                loss = (losses * row_weight).sum() * scale
-                if subspace is not None:  # in every micro-step: the mean over them leaves it at full weight
-                    loss = loss + params.subspace_cos_penalty * subspace.cos_penalty
-            engine.backward(loss)
-            engine.step()  # the optimizer steps on the last micro-step only
-            totals += torch.stack([(losses.detach() * row_weight).sum(), row_weight.sum(),
-                                   (batch["attention_mask"].sum(1) * row_weight).sum()]).double()
+        lengths = encoded.lengths
+        shortest = rows[np.argmin(lengths[rows])]
+        micro_steps = rank_passes(rows, lengths, params, info.world_size, info.rank)
+        for number, passes in enumerate(micro_steps, 1):
+            for index, rows_of_pass in enumerate(passes):  # their gradients add up before the optimizer's step
+                # The step's last pass alone is DeepSpeed's accumulation boundary: ZeRO-2 would otherwise overwrite,
+                # not add to, the gradients of the boundary micro-step's earlier passes (tests/finetune).
+                engine.set_gradient_accumulation_boundary(number == len(micro_steps) and index == len(passes) - 1)
+                totals += self._forward_backward(engine, device, encoded, pad_id, rows_of_pass, shortest, scale,
+                                                 subspace, weights, penalty=index == 0)
+        engine.step()
         dist.all_reduce(totals)
         loss_sum, n_rows, n_tokens = totals.tolist()
         record = {"loss": loss_sum / n_rows, "lr": lr, "rows": int(n_rows), "tokens": int(n_tokens),
@@ -335,6 +332,25 @@ class FinetuneJob:
         if subspace is not None:
             record["cos_penalty"] = subspace.cos_penalty.item()
         return record
+
+    def _forward_backward(self, engine, device, encoded, pad_id: int, rows: np.ndarray, shortest: int, scale: float,
+                          subspace, weights, penalty: bool) -> torch.Tensor:
+        """One forward and backward pass over `rows`; its summed loss, rows and tokens. An empty pass still runs (the
+        step's shortest row, weight 0): every rank joins each collective parameter gather and gradient reduction.
+        `penalty`: add the subspace's penalty (once per micro-step)."""
+        params = self.params
+        row_weight = torch.full((max(len(rows), 1),), float(len(rows) > 0), device=device)
+        rows = rows if len(rows) else np.array([shortest])
+        batch = {key: value.to(device) for key, value in collate(encoded, rows, pad_id).items()}
+        mixing = subspace.mixing(torch.from_numpy(weights[rows]).to(device)) if subspace else nullcontext()
+        with mixing:
+            losses = letter_losses(engine, batch, virtual_tokens_in_sequence(params))
+            loss = (losses * row_weight).sum() * scale
+            if subspace is not None and penalty:  # once a micro-step: the mean over them leaves it at full weight
+                loss = loss + params.subspace_cos_penalty * subspace.cos_penalty
+        engine.backward(loss)
+        return torch.stack([(losses.detach() * row_weight).sum(), row_weight.sum(),
+                            (batch["attention_mask"].sum(1) * row_weight).sum()]).double()
 
     def _save(self, engine, info: RankInfo, names: list[str], step: int, run_config: dict, zero3: bool) -> None:
         """The adapter under each name (none: the state only), then the training state that resumes from this
