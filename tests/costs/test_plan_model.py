@@ -171,7 +171,8 @@ def test_calibration_fits_start_up_and_rates_to_measured_times():
     assert fitted["startup_s"]["analyze_layers"]["value"] == pytest.approx(3.0, abs=0.01)
     assert fitted["fixed_bytes"]["analyze_layers"]["value"] == 40
     # Start-up dominated: the rate is left as it was.
-    small = [estimate("s", "prompts", calibrate.startup_of(constants, "prompts"), 0.01, ("devices", "cpu", "forward_flops_per_s", "float32"))]
+    key = ("devices", "cpu", "forward_flops_per_s", "float32")
+    small = [estimate("s", "prompts", calibrate.startup_of(constants, "prompts"), 0.01, key)]
     refit = calibrate.fit_constants(constants, small, {"s": calibrate.Measured(4.0, 100, 0)}, "test")
     assert refit["devices"]["cpu"]["forward_flops_per_s"] == constants["devices"]["cpu"]["forward_flops_per_s"]
     assert refit["startup_s"]["prompts"]["value"] == pytest.approx(4.0 - 0.01, abs=0.01)

@@ -115,8 +115,8 @@ def fit_constants(constants: Mapping, estimates: Sequence[Estimate], measured: M
         node = functools.reduce(lambda n, k: n[k], key[:-1], fitted)
         old = node[key[-1]]
         # A time `scale` times the plan's means a rate 1/scale as high (every constant here is a rate).
-        node[key[-1]] = {"value": float(f"{float(old['value'] if isinstance(old, Mapping) else old) / np.median(found):.4g}"),
-                         "source": f"calibrated: {source}"}
+        rate = float(old["value"] if isinstance(old, Mapping) else old) / np.median(found)
+        node[key[-1]] = {"value": float(f"{rate:.4g}"), "source": f"calibrated: {source}"}
     return fitted
 
 

@@ -157,9 +157,10 @@ class CostModel:
                                          max_batch_tokens=section["max_batch_tokens"],
                                          longest_prompt=int(lengths.tokens.max()), gpus=job.gpus,
                                          parallel=parallel, on_gpu=bool(job.gpus))
-        return Estimate(job, self.device(job), self.startup("extract") + self.load_seconds(job, model, DTYPE_BYTES[dtype]),
-                        peak.host_mb, peak.gpu_mb, self.store_group_bytes(model, lengths, job.gpus),
-                        int(lengths.tokens.sum()), work, lengths.counted, work / self.rate(job, key, parallel), (key,))
+        fixed = self.startup("extract") + self.load_seconds(job, model, DTYPE_BYTES[dtype])
+        return Estimate(job, self.device(job), fixed, peak.host_mb, peak.gpu_mb,
+                        self.store_group_bytes(model, lengths, job.gpus), int(lengths.tokens.sum()), work,
+                        lengths.counted, work / self.rate(job, key, parallel), (key,))
 
     def store_group_bytes(self, model: str, lengths: Lengths, ranks: int) -> int:
         """One condition's store group: every stored layer's rows in whole chunks, and the token sample's slots."""
@@ -176,15 +177,11 @@ class CostModel:
             total += len(sample["layers"]) * n_chunks * cap * arch.hidden_size * itemsize
         return int(total)
 
-    def finetune_plan(self, method: str, model: str):
-        params = parse_params(method_params(self.config["finetune"], method))
-        lengths = self.workload.finetune_lengths(model)
-        return params, lengths
-
     def _finetune(self, job: Job) -> Estimate:
         model, method = job.wildcards["model"], job.wildcards["method"]
         arch, section = self.architecture(model), self.config["finetune"]
-        params, lengths = self.finetune_plan(method, model)
+        params = parse_params(method_params(section, method))
+        lengths = self.workload.finetune_lengths(model)
         dtype = self.model_dtype("finetune", job)
         padded = padded_passes(lengths.tokens, params, max(job.gpus, 1))
         work = flops.training_flops(arch, padded)
@@ -197,9 +194,9 @@ class CostModel:
             zero_stage=3 if parallel == "zero3" else 2, on_gpu=bool(job.gpus))
         # One adapter folder per checkpoint name (the last step is saved under its step and its epoch).
         adapter_bytes = len(checkpoint_steps(lengths.n, params)) * arch.lora_params(params.lora_r) * DTYPE_BYTES[dtype]
-        return Estimate(job, self.device(job), self.startup("finetune") + self.load_seconds(job, model, DTYPE_BYTES[dtype]),
-                        peak.host_mb, peak.gpu_mb, adapter_bytes, int(sum(padded)), work, lengths.counted,
-                        work / self.rate(job, key, parallel), (key,))
+        fixed = self.startup("finetune") + self.load_seconds(job, model, DTYPE_BYTES[dtype])
+        return Estimate(job, self.device(job), fixed, peak.host_mb, peak.gpu_mb, adapter_bytes, int(sum(padded)), work,
+                        lengths.counted, work / self.rate(job, key, parallel), (key,))
 
     def _analyze_layers(self, job: Job) -> Estimate:
         model, condition = job.wildcards["model"], job.wildcards["condition"]
@@ -220,8 +217,9 @@ class CostModel:
 
     def _import_model(self, job: Job) -> Estimate:
         arch = self.architecture(job.wildcards["model"])
-        return Estimate(job, "cpu", self.startup("import_model"), memory.PROCESS_BASELINE_MB + 2 * arch.n_params * 4 / MB,
-                        0, arch.n_params * 4 + MODEL_FOLDER_EXTRA_BYTES,
+        # The GGUF's dequantised model and its plain float32 copy are both in memory once.
+        host = memory.PROCESS_BASELINE_MB + 2 * arch.n_params * 4 / MB
+        return Estimate(job, "cpu", self.startup("import_model"), host, 0, arch.n_params * 4 + MODEL_FOLDER_EXTRA_BYTES,
                         variable_s=self.load_seconds(job, job.wildcards["model"], 4),
                         rate_keys=(("devices", "cpu", "load_gb_per_s"),))
 
@@ -232,9 +230,10 @@ class CostModel:
         # Full pre-training: the weight gradients cost another backward pass.
         work = flops.forward_flops(arch, lengths) * (flops.TRAIN_PASSES + 1)
         key = self.rate_key(job, "train_flops_per_s", "float32")
-        return Estimate(job, "cpu", self.startup("build_model"), memory.PROCESS_BASELINE_MB + 16 * arch.n_params / MB, 0,
-                        arch.n_params * 4 + MODEL_FOLDER_EXTRA_BYTES, int(lengths.sum()), work,
-                        variable_s=work / self.rate(job, key), rate_keys=(key,))
+        # float32 weights, gradients and AdamW's two moments: 16 bytes a parameter.
+        host = memory.PROCESS_BASELINE_MB + 16 * arch.n_params / MB
+        return Estimate(job, "cpu", self.startup("build_model"), host, 0, arch.n_params * 4 + MODEL_FOLDER_EXTRA_BYTES,
+                        int(lengths.sum()), work, variable_s=work / self.rate(job, key), rate_keys=(key,))
 
 
 def padded_passes(lengths: np.ndarray, params, ranks: int) -> list[int]:
