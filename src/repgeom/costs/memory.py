@@ -6,9 +6,10 @@ stage's `max_batch_tokens` (rows x longest row), except that a single row longer
 
 The per-token counts were calibrated on SmolLM2-135M's shape (30 blocks, width 576, MLP 1536) in float32 on a CPU
 with torch 2.13, transformers 5.23, peft 0.21 and SDPA attention (transformers' default), and checked on a 6-block
-model of that width by tests/costs/test_memory.py. SDPA keeps no [heads, T, T] attention matrix, for training or
-inference: 4 rows of 250 tokens and 1 row of 1,010 peak alike (4.1 GB), where eager attention adds the
-B x heads x T^2 probabilities to every block (+4.0 GB at 4 x 1,010 tokens).
+model of that width by tests/costs/test_memory.py. In training, SDPA keeps no [heads, T, T] attention matrix:
+4 rows of 250 tokens and 1 row of 1,010 peak alike (4.1 GB), where eager attention adds the B x heads x T^2
+probabilities to every block (+4.0 GB at 4 x 1,010 tokens). In the extraction's padded batches it does hold one
+block's attention matrix (`ATTENTION_COPIES`).
 """
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ from repgeom.costs.architecture import Architecture
 MB = 2 ** 20
 # torch, transformers, peft and deepspeed imported, the tokenizer loaded: 400 MB measured (ru_maxrss, CPU).
 PROCESS_BASELINE_MB = 400
+# A fine-tuning process holds more than its imports before its first pass: DeepSpeed's engine and optimizer wrapper,
+# its JIT-built ops, the data. Over four runs of tests/costs/test_memory.py (6 blocks of SmolLM2's width, float32),
+# the stage's peak exceeded the other parts by 203-637 MB at 250 tokens (median 214) and 227-462 MB at 1,000
+# (median 350).
+TRAINING_PROCESS_MB = 300
 # The CUDA runtime's host memory (its libraries and context) beside the CPU baseline: not measured here (no GPU).
 CUDA_HOST_MB = 1500
 # On each GPU: the CUDA context, cuBLAS and attention workspaces, allocator fragmentation (as
@@ -41,6 +47,9 @@ DROPOUT_INPUTS_INTERMEDIATE = 1
 # its norm and the attention output (3 D), as repgeom.models.loading.forward_reserve_bytes counts them.
 TRANSIENT_PER_TOKEN_HIDDEN = 3
 TRANSIENT_PER_TOKEN_INTERMEDIATE = 3
+# The extraction's attention: one float32 [rows, heads, T, T] matrix of one block at a time (measured: the peak
+# grows 106-170 MB from 16 x 251 to 4 x 1,001 tokens at 9 heads, where one such matrix grows 108 MB).
+ATTENTION_COPIES = 1
 # The extraction's logit lens: a batch has at most max_batch_tokens / MIN_PROMPT_TOKENS rows
 # (repgeom.models.loading.MIN_PROMPT_TOKENS); it keeps each row's logits at every layer and a float32 log-softmax.
 LENS_MIN_PROMPT_TOKENS = 32
@@ -87,10 +96,10 @@ def training_peak_mb(arch: Architecture, *, dtype_bytes: int, micro_batch: int, 
     forward = (training_activation_mb(arch, pass_tokens(max_batch_tokens, longest_row, micro_batch),
                                       dtype_bytes=dtype_bytes)
                + logits_mb(arch, rows, rows, dtype_bytes))
+    process = PROCESS_BASELINE_MB + TRAINING_PROCESS_MB
     if on_gpu:
-        return MemoryEstimate(host_mb=PROCESS_BASELINE_MB + CUDA_HOST_MB,
-                              gpu_mb=weights + adapter + forward + GPU_OVERHEAD_MB)
-    return MemoryEstimate(host_mb=PROCESS_BASELINE_MB + weights + adapter + forward, gpu_mb=0.0)
+        return MemoryEstimate(host_mb=process + CUDA_HOST_MB, gpu_mb=weights + adapter + forward + GPU_OVERHEAD_MB)
+    return MemoryEstimate(host_mb=process + weights + adapter + forward, gpu_mb=0.0)
 
 
 def extraction_peak_mb(arch: Architecture, *, dtype_bytes: int, max_batch_tokens: int, longest_prompt: int,
@@ -111,7 +120,8 @@ def extraction_peak_mb(arch: Architecture, *, dtype_bytes: int, max_batch_tokens
                           + TRANSIENT_PER_TOKEN_INTERMEDIATE * arch.intermediate_size) * dtype_bytes / MB
     rows = max(1, min(tokens // longest_prompt, max_batch_tokens // LENS_MIN_PROMPT_TOKENS))
     lens = rows * arch.vocab_size * ((arch.n_layers + 1) * dtype_bytes + 4) / MB
-    forward = transient + lens
+    attention = ATTENTION_COPIES * (tokens // longest_prompt) * arch.n_heads * longest_prompt ** 2 * 4 / MB
+    forward = transient + lens + attention
     if on_gpu:
         return MemoryEstimate(host_mb=PROCESS_BASELINE_MB + CUDA_HOST_MB, gpu_mb=weights + forward + GPU_OVERHEAD_MB)
     return MemoryEstimate(host_mb=PROCESS_BASELINE_MB + weights + forward, gpu_mb=0.0)
