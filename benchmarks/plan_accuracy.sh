@@ -20,3 +20,14 @@ fi
 cd "$OUT"
 repgeom plan "$REPO/config/config.yaml" --calibrate tiny/results --compare default/results \
     --write-constants calibrated_on_tiny.yaml --json plan.json | tee plan.txt
+# The targets: each rule's wall time within 35 %, the bytes written in all within 5 % (exit status 1 otherwise).
+python - <<'CHECK'
+import json
+rows = json.load(open("plan.json"))["comparison"]
+late = [f"{r['rule']} {r['time_ratio']:.2f}" for r in rows if abs(r["time_ratio"] - 1) > 0.35]
+planned, measured = (sum(r[key] for r in rows) for key in ("planned_bytes", "measured_bytes"))
+print(f"rules within 35 % of their wall time: {len(rows) - len(late)} of {len(rows)}"
+      + (f" (not: {', '.join(late)})" if late else ""))
+print(f"bytes written: planned {planned:,}, measured {measured:,}, ratio {planned / measured:.4f}")
+raise SystemExit(bool(late) or abs(planned / measured - 1) > 0.05)
+CHECK

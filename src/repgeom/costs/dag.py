@@ -123,7 +123,10 @@ def _everything_before(job: Job, jobs: list[Job]) -> frozenset:
 def dry_run(config_path: str | Path, forceall: bool = False, workdir: str | Path | None = None) -> str:
     """The workflow's dry run for a config: its printed jobs. A config the workflow refuses is an InputError with
     Snakemake's own message (which names the key at fault)."""
+    # The workflow's profile by its absolute path: Snakemake would take a folder named like it in the working
+    # directory for it.
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--dry-run", "--cores", "1",
+               "--workflow-profile", str(ROOT / "profiles" / "default"),
                "--configfile", str(Path(config_path).resolve()), "--nocolor"]
     if forceall:
         command.append("--forceall")

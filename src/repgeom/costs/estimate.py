@@ -151,7 +151,7 @@ class CostModel:
         dtype = self.model_dtype("extraction", job)
         lengths = self.workload.prompt_lengths(model, condition)
         parallel = self.config["models"][model].get("extraction_parallel", section["parallel"])
-        work = flops.extraction_flops(arch, lengths.tokens)
+        work = flops.extraction_flops(arch, lengths.tokens, lengths.shared)
         key = self.rate_key(job, "forward_flops_per_s", dtype)
         peak = memory.extraction_peak_mb(arch, dtype_bytes=DTYPE_BYTES[dtype],
                                          max_batch_tokens=section["max_batch_tokens"],
@@ -217,11 +217,11 @@ class CostModel:
 
     def _import_model(self, job: Job) -> Estimate:
         arch = self.architecture(job.wildcards["model"])
-        # The GGUF's dequantised model and its plain float32 copy are both in memory once.
-        host = memory.PROCESS_BASELINE_MB + 2 * arch.n_params * 4 / MB
+        # Dequantised from the GGUF file, moved into a plain model, saved: one float32 copy at a time.
+        host = memory.PROCESS_BASELINE_MB + arch.n_params * 4 / MB
+        key = ("devices", "cpu", "gguf_import_params_per_s")
         return Estimate(job, "cpu", self.startup("import_model"), host, 0, arch.n_params * 4 + MODEL_FOLDER_EXTRA_BYTES,
-                        variable_s=self.load_seconds(job, job.wildcards["model"], 4),
-                        rate_keys=(("devices", "cpu", "load_gb_per_s"),))
+                        variable_s=arch.n_params / self.rate(job, key), rate_keys=(key,))
 
     def _build_model(self, job: Job) -> Estimate:
         build = self.config["models"][job.wildcards["model"]]["build"]

@@ -24,11 +24,14 @@ def forward_flops(arch: Architecture, lengths: Iterable[int]) -> float:
     return 2.0 * arch.matmul_params * tokens + 4.0 * arch.n_layers * arch.hidden_size * attended
 
 
-def extraction_flops(arch: Architecture, lengths: Iterable[int]) -> float:
-    """The extraction's forward passes: the output head runs at the last position only."""
+def extraction_flops(arch: Architecture, lengths: Iterable[int], shared: Iterable[tuple[int, int]] = ()) -> float:
+    """The extraction's forward passes: the output head runs at the last position only, and a prefix that
+    `rows` prompts share (`shared`: (prefix length, rows) pairs; a subject's header and shots) is computed once."""
     lengths = list(lengths)
     head = 2.0 * arch.vocab_size * arch.hidden_size
-    return forward_flops(arch, lengths) - head * (sum(lengths) - len(lengths))
+    repeated = [prefix for prefix, rows in shared for _ in range(max(rows - 1, 0))]
+    return (forward_flops(arch, lengths) - head * (sum(lengths) - len(lengths))
+            - (forward_flops(arch, repeated) - head * sum(repeated)))
 
 
 def training_flops(arch: Architecture, lengths: Iterable[int]) -> float:

@@ -30,9 +30,11 @@ SAMPLE_PROMPTS = 256
 
 @dataclass(frozen=True)
 class Lengths:
-    """Token counts of a set of sequences, and whether they were counted (True) or estimated."""
+    """Token counts of a set of sequences, whether they were counted (True) or estimated, and the prefixes that
+    several of them share ((prefix length, rows) pairs), which the extraction computes once."""
     tokens: np.ndarray
     counted: bool
+    shared: tuple[tuple[int, int], ...] = ()
 
     @property
     def n(self) -> int:
@@ -112,15 +114,42 @@ class Workload:
         read = "0shot" if parsed.is_finetuned else condition
         path = self.results / "prompts" / model / f"{read}.parquet"
         if path.is_file():
-            return Lengths(pd.read_parquet(path, columns=["n_tokens"])["n_tokens"].to_numpy(), counted=True)
+            frame = pd.read_parquet(path, columns=["prompt", "n_tokens"])
+            return Lengths(frame["n_tokens"].to_numpy(), True, self.shared_prefixes(model, frame["prompt"].tolist()))
         max_length = self.config["models"][model]["max_length"]
         if self.analysis_subset is not None:
             sampled = self.sampled_prompts(parsed.shots)
             counts, _ = self.count(model, sampled)
             # The sample's lengths stand for the whole subset's.
-            return Lengths(np.resize(np.minimum(counts, max_length), self.analysis_rows()), counted=False)
-        mean = self.shape["header_tokens"] + (parsed.shots + 1) * self.shape["block_tokens"]
-        return Lengths(np.full(self.analysis_rows(), min(int(round(mean)), max_length)), counted=False)
+            scale = self.analysis_rows() / len(sampled)
+            shared = tuple((length, round(rows * scale)) for length, rows in self.shared_prefixes(model, sampled))
+            return Lengths(np.resize(np.minimum(counts, max_length), self.analysis_rows()), False, shared)
+        header, block = self.shape["header_tokens"], self.shape["block_tokens"]
+        length = min(int(round(header + (parsed.shots + 1) * block)), max_length)
+        # A base k-shot condition's prompts of one subject share their header and shots (the controls reorder or
+        # relabel shots per prompt, and a fine-tuned condition's 0-shot header is short).
+        prefix = int(header + parsed.shots * block) if parsed.variant is None and not parsed.is_finetuned else 0
+        rows, subjects = self.analysis_rows(), self.subjects()
+        shared = ((prefix, rows // subjects),) * subjects if prefix >= self.min_shared_prefix() else ()
+        return Lengths(np.full(rows, length), False, shared)
+
+    def min_shared_prefix(self) -> int:
+        return self.config["extraction"].get("min_shared_prefix", 0)
+
+    def subjects(self) -> int:
+        generated = self.config["dataset"].get("generate")
+        return len(generated_subjects(self.config)) if generated else self.shape["subjects"]
+
+    def shared_prefixes(self, model: str, prompts: list[str]) -> tuple[tuple[int, int], ...]:
+        """The prefixes the extraction computes once (repgeom.extract.batching.shared_prefix_groups, over the whole
+        set rather than per row chunk): none when no tokenizer is on disk to find them."""
+        from repgeom.extract.batching import shared_prefix_groups
+
+        tokenizer, min_length = self.tokenizer(model), self.min_shared_prefix()
+        if tokenizer is None or not min_length:
+            return ()
+        groups = shared_prefix_groups(tokenizer(prompts)["input_ids"], min_length)
+        return tuple((group.length, len(group.rows)) for group in groups if group.length)
 
     def sampled_prompts(self, shots: int) -> list[str]:
         """k-shot prompts of SAMPLE_PROMPTS questions of the analysis subset, with their subject's first k dev rows

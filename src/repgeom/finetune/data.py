@@ -49,11 +49,10 @@ def read_finetune_set(path: str | Path) -> pd.DataFrame:
     return frame
 
 
-def encode_finetune_set(path: str | Path, tokenizer, max_tokens: int | None,
-                        max_batch_tokens: int | None = None) -> EncodedSet:
+def encode_finetune_set(path: str | Path, tokenizer, max_tokens: int | None) -> EncodedSet:
     """Tokenise every row and check that its text is its prompt's tokens plus exactly the answer letter token,
     so that the loss sits on the token that the extraction stage reads the letter from, and that it fits the
-    model's context (`max_tokens`) and one forward pass (`max_batch_tokens`)."""
+    model's context (`max_tokens`)."""
     frame = read_finetune_set(path)
     letter_ids = answer_letter_token_ids(tokenizer)
     texts = tokenizer(frame["text"].tolist())["input_ids"]
@@ -66,9 +65,6 @@ def encode_finetune_set(path: str | Path, tokenizer, max_tokens: int | None,
         if max_tokens is not None and len(text_ids) > max_tokens:
             raise FinetuneError(f"{where}: {len(text_ids)} tokens, over the {max_tokens} the model takes "
                                 "(its context less any virtual tokens)")
-        if max_batch_tokens is not None and len(text_ids) > max_batch_tokens:
-            raise FinetuneError(f"{where}: {len(text_ids)} tokens, over fine-tuning param max_batch_tokens="
-                                f"{max_batch_tokens} (the padded tokens of one forward pass); raise it")
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     return EncodedSet(input_ids=texts, question_ids=frame["question_id"].astype(str).tolist(), sha256=digest)
 

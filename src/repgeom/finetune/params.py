@@ -29,7 +29,8 @@ class FinetuneParams:
     effective_batch: int = 16
     micro_batch: int = 4
     # Padded tokens of one forward pass, at most: a micro-batch over it runs as several passes before the optimizer's
-    # step (the same gradient). Memory follows it: 4 GB for SmolLM2-135M in float32 on a CPU (repgeom.costs.memory).
+    # step (the same gradient); a longer row is a pass of its own. Memory follows it: 4 GB for SmolLM2-135M in
+    # float32 on a CPU (repgeom.costs.memory).
     max_batch_tokens: int = 1024
     warmup_fraction: float = 0.05
     final_lr_fraction: float = 0.01

@@ -91,7 +91,8 @@ def rank_micro_batches(rows: np.ndarray, params: FinetuneParams, world_size: int
 def split_into_passes(micro: np.ndarray, lengths: np.ndarray, max_batch_tokens: int) -> list[np.ndarray]:
     """A micro-batch as forward passes whose padded tokens (rows x longest row) fit `max_batch_tokens`: one pass in
     the given order when the whole micro-batch fits, else rows packed longest first, so that rows of like length
-    share a pass and little padding is run. Memory follows a pass's padded tokens, not the micro-batch's."""
+    share a pass and little padding is run; a row longer than the budget is a pass of its own. Memory follows a
+    pass's padded tokens, not the micro-batch's."""
     if len(micro) * lengths[micro].max(initial=0) <= max_batch_tokens:
         return [micro] if len(micro) else []
     passes, current = [], []

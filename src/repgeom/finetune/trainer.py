@@ -195,7 +195,7 @@ class FinetuneJob:
         dtype = parse_dtype(self.model_dtype, device)
         params = self.params
         tokenizer = load_tokenizer(self.model, self.revision)
-        encoded = encode_finetune_set(self.train, tokenizer, self._max_tokens(), params.max_batch_tokens)
+        encoded = encode_finetune_set(self.train, tokenizer, self._max_tokens())
         n_steps = total_steps(len(encoded), params)
         ds_config = deepspeed_config(self.deepspeed_config, params, info.world_size, dtype)
         identity = json.loads(json.dumps({  # as it reads back from JSON (tuples become lists)
