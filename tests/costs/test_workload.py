@@ -33,6 +33,7 @@ def config(tmp_path, tiny_llama_dir):
     return {"results_dir": str(tmp_path / "results"),
             "dataset": {"name": "mine", "path": str(write_dataset(tmp_path / "data"))},
             "sampling": {"max_per_subject": 50, "finetune_max_per_subject": 8, "seed": 42},
+            "extraction": {"min_shared_prefix": 32},
             "models": {"m": {"path": str(tiny_llama_dir), "max_length": 1024}}}
 
 
@@ -49,6 +50,10 @@ def test_prompt_lengths_from_the_dataset_on_disk(config, tiny_llama_dir, tiny_to
     # Prompts over the model's context are cut to it (left truncation), as the prompt files count them.
     assert estimate.tokens.mean() == pytest.approx(np.minimum(real, 1024).mean(), rel=0.05)
     assert estimate.tokens.max() == 1024
+    # Each subject's prompts share their header and five shots: computed once a subject, as the extraction does.
+    assert len(estimate.shared) == len(SUBJECTS)
+    assert sum(rows for _, rows in estimate.shared) == pytest.approx(150, abs=3)
+    assert all(length > 200 for length, _ in estimate.shared)
     # The fine-tuning set is drawn as the workflow draws it, and every text is counted.
     texts = finetune_set(table, 8, 42)["text"].tolist()
     lengths = workload.finetune_lengths("m")
@@ -59,7 +64,7 @@ def test_prompt_lengths_from_the_dataset_on_disk(config, tiny_llama_dir, tiny_to
 def test_prompt_files_are_counted_exactly(config, tmp_path):
     folder = tmp_path / "results" / "prompts" / "m"
     folder.mkdir(parents=True)
-    pd.DataFrame({"n_tokens": [10, 30, 20]}).to_parquet(folder / "0shot.parquet")
+    pd.DataFrame({"prompt": ["a", "b", "c"], "n_tokens": [10, 30, 20]}).to_parquet(folder / "0shot.parquet")
     workload = Workload(config, load_constants(), tokenizer_folder=lambda model: None)
     for condition in ("0shot", "ft-lora-step3"):  # a fine-tuned condition reads the 0-shot prompts
         lengths = workload.prompt_lengths("m", condition)
@@ -76,3 +81,6 @@ def test_without_data_the_dataset_shape_decides(config):
     lengths = workload.prompt_lengths("m", "2shot")
     assert not lengths.counted
     assert set(lengths.tokens) == {round(shape["header_tokens"] + 3 * shape["block_tokens"])}
+    # A subject's header and shots, computed once for its 9,181 / 57 prompts; not for a control's reordered shots.
+    assert lengths.shared == ((int(shape["header_tokens"] + 2 * shape["block_tokens"]), 9181 // 57),) * 57
+    assert workload.prompt_lengths("m", "2shot-shuffled").shared == ()
