@@ -91,7 +91,8 @@ def training_peak_mb(arch: Architecture, *, dtype_bytes: int, micro_batch: int, 
     weights = arch.n_params * dtype_bytes / MB
     if zero_stage == 3:
         weights = weights / world_size + arch.block_params * dtype_bytes / MB
-    adapter = arch.lora_params(lora_rank) * (dtype_bytes + FP32_GRAD_BYTES + ADAM_STATE_BYTES) / MB
+    # ZeRO stages 2 and 3 partition the gradients and optimizer states over the ranks.
+    adapter = arch.lora_params(lora_rank) * (dtype_bytes + (FP32_GRAD_BYTES + ADAM_STATE_BYTES) / world_size) / MB
     rows = pass_tokens(max_batch_tokens, longest_row, micro_batch) // longest_row
     forward = (training_activation_mb(arch, pass_tokens(max_batch_tokens, longest_row, micro_batch),
                                       dtype_bytes=dtype_bytes)
