@@ -176,3 +176,21 @@ def test_calibration_fits_start_up_and_rates_to_measured_times():
     refit = calibrate.fit_constants(constants, small, {"s": calibrate.Measured(4.0, 100, 0)}, "test")
     assert refit["devices"]["cpu"]["forward_flops_per_s"] == constants["devices"]["cpu"]["forward_flops_per_s"]
     assert refit["startup_s"]["prompts"]["value"] == pytest.approx(4.0 - 0.01, abs=0.01)
+
+
+def test_jobs_over_what_they_ask_for_are_warned_and_gpus_too_small_are_errors():
+    from repgeom.costs.cli import job_warnings
+
+    constants = load_constants()
+    asked = {"runtime": 10, "mem_mb": 4000}
+    slow = Estimate(Job("1", "extract", {"condition": "0shot"}, {**asked, "gpu": 0}, outputs=("o",)), "cpu",
+                    fixed_s=700, host_mb=5000, gpu_mb=0, bytes_written=0)
+    big = Estimate(Job("2", "finetune", {"method": "lora"}, {**asked, "gpu": 1}, outputs=("o",)), "a100-40gb",
+                   fixed_s=60, host_mb=100, gpu_mb=50_000, bytes_written=0)
+    fine = Estimate(Job("3", "sample", {}, asked, outputs=("o",)), "cpu", fixed_s=1, host_mb=100, gpu_mb=0,
+                    bytes_written=0)
+    errors, warnings = job_warnings([slow, big, fine], constants)
+    assert warnings == ["extract[condition=0shot]: estimated 12 min, over the 10 min it asks for",
+                        "extract[condition=0shot]: estimated peak memory 5,000 MB, over the 4,000 MB it asks for"]
+    assert errors == ["finetune[method=lora] needs 52 GB on each of its 1 GPU(s) (weights and activations), but one "
+                      "a100-40gb GPU has 40 GB"]
