@@ -84,26 +84,27 @@ def device_rate(flops_per_s: float, kind: str, threads: int, cores: int) -> floa
     return flops_per_s * cores / threads if kind == "cpu" else flops_per_s
 
 
-def extraction_rate(result: Mapping, cores: int, via: str | None = None, memory_gib: float | None = None) -> Rate:
-    """The extractor's FLOP over its seconds: forward_flops_per_s of the run's dtype."""
+def stage_rate(result: Mapping, work: str, flops: float, cores: int, via: str | None,
+               memory_gib: float | None) -> Rate:
+    """A stage's FLOP over its production path's seconds: the `work` rate of the run's device and dtype."""
     production = result["production"]
     kind = device_kind(result["device"], memory_gib)
-    flops = extraction_flops(Architecture.from_hf_config(result["config"]), result["prompt_lengths"])
     measured = f"{production['tokens'] / production['seconds']:,.0f} tokens/s"
-    return Rate(("devices", kind, "forward_flops_per_s", result["dtype"]),
+    return Rate(("devices", kind, work, result["dtype"]),
                 device_rate(flops / production["seconds"], kind, result["threads"], cores),
                 source(result, kind, measured, cores, via))
+
+
+def extraction_rate(result: Mapping, cores: int, via: str | None = None, memory_gib: float | None = None) -> Rate:
+    """The extractor's forward_flops_per_s."""
+    flops = extraction_flops(Architecture.from_hf_config(result["config"]), result["prompt_lengths"])
+    return stage_rate(result, "forward_flops_per_s", flops, cores, via, memory_gib)
 
 
 def training_rate(result: Mapping, cores: int, via: str | None = None, memory_gib: float | None = None) -> Rate:
-    """The fine-tuning stage's FLOP over its seconds: train_flops_per_s of the dtype it trained in."""
-    production = result["production"]
-    kind = device_kind(result["device"], memory_gib)
+    """The fine-tuning stage's train_flops_per_s."""
     flops = training_flops(Architecture.from_hf_config(result["config"]), result["padded_lengths"])
-    measured = f"{production['tokens'] / production['seconds']:,.0f} tokens/s"
-    return Rate(("devices", kind, "train_flops_per_s", result["dtype"]),
-                device_rate(flops / production["seconds"], kind, result["threads"], cores),
-                source(result, kind, measured, cores, via))
+    return stage_rate(result, "train_flops_per_s", flops, cores, via, memory_gib)
 
 
 def knn_rates(result: Mapping, cores: int, via: str | None = None, memory_gib: float | None = None) -> list[Rate]:

@@ -100,13 +100,10 @@ def tiny_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, tiny_tokenizer):
     """A 2-layer random Llama with grouped-query attention (4 heads, 2 KV heads), saved to a folder."""
-    from repgeom.models.build import build_llama, save_model
+    from helpers import saved_llama
 
-    model = build_llama(tiny_tokenizer, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                        intermediate_size=128, max_position_embeddings=1024, seed=0)
-    out = tmp_path_factory.mktemp("tiny_llama")
-    save_model(model, tiny_tokenizer, out)
-    return out
+    return saved_llama(tmp_path_factory.mktemp("tiny_llama"), tiny_tokenizer, hidden_size=64, num_layers=2,
+                       num_heads=4, num_kv_heads=2, intermediate_size=128, max_position_embeddings=1024)
 
 
 @pytest.fixture(scope="session")

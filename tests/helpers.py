@@ -74,3 +74,11 @@ def signal_after(count: int, event: str, signal: str) -> dict[str, str]:
 def faults_path() -> dict[str, str]:
     """The PYTHONPATH under which tests/faults applies its REPGEOM_TEST_* variables."""
     return {"PYTHONPATH": os.pathsep.join(filter(None, (str(FAULTS), os.environ.get("PYTHONPATH"))))}
+
+
+def saved_llama(folder: Path, tokenizer, **architecture) -> Path:
+    """A random Llama of this architecture (build_llama's keywords), saved with its tokenizer to `folder`."""
+    from repgeom.models.build import build_llama, save_model
+
+    save_model(build_llama(tokenizer, seed=0, **architecture), tokenizer, folder)
+    return folder

@@ -34,13 +34,10 @@ def peak_rss_mb(module: str, *args) -> float:
 
 @pytest.fixture(scope="module")
 def smol_width_dir(tmp_path_factory, tiny_tokenizer):
-    from repgeom.models.build import build_llama, save_model
+    from helpers import saved_llama
 
-    model = build_llama(tiny_tokenizer, hidden_size=576, num_layers=6, num_heads=9, num_kv_heads=3,
-                        intermediate_size=1536, max_position_embeddings=2048, seed=0)
-    out = tmp_path_factory.mktemp("smol_width")
-    save_model(model, tiny_tokenizer, out)
-    return out
+    return saved_llama(tmp_path_factory.mktemp("smol_width"), tiny_tokenizer, hidden_size=576, num_layers=6,
+                       num_heads=9, num_kv_heads=3, intermediate_size=1536, max_position_embeddings=2048)
 
 
 def long_question(tokenizer, tokens: int) -> str:
