@@ -73,10 +73,10 @@ def measure(estimates: Sequence[Estimate], results_dir: str | Path) -> dict[str,
     return measured
 
 
-def by_rule(estimates: Sequence[Estimate]) -> dict[str, list[Estimate]]:
+def by_rule(estimates: Sequence[Estimate], key=lambda estimate: estimate.job.rule) -> dict[str, list[Estimate]]:
     rules: dict[str, list[Estimate]] = {}
     for estimate in estimates:
-        rules.setdefault(estimate.job.rule, []).append(estimate)
+        rules.setdefault(key(estimate), []).append(estimate)
     return rules
 
 
@@ -85,7 +85,7 @@ def fit_constants(constants: Mapping, estimates: Sequence[Estimate], measured: M
     """A copy of `constants` with each measured rule's start-up, and the rates its variable part uses, fitted."""
     fitted = copy.deepcopy(dict(constants))
     scales: dict[tuple, list[float]] = {}
-    for rule, group in sorted(by_rule(estimates).items()):
+    for rule, group in sorted(by_rule(estimates, key=lambda e: e.startup_entry).items()):
         group = [e for e in group if e.job.jobid in measured]
         if not group:
             continue

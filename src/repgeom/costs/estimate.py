@@ -62,6 +62,11 @@ class Estimate:
     counted: bool = True        # token counts read from the run's files (False: estimated)
     variable_s: float = 0.0     # the work over its rates ...
     rate_keys: tuple = ()       # ... the constants those are (paths into the constants), which calibration scales
+    startup_key: str = ""       # the `startup_s` entry of its fixed part (default: its rule)
+
+    @property
+    def startup_entry(self) -> str:
+        return self.startup_key or self.job.rule
 
     @property
     def seconds(self) -> float:
@@ -140,7 +145,7 @@ class CostModel:
         else:
             estimate = method(job)
         fixed = self.constants.get("fixed_bytes", {})
-        estimate.bytes_written += int(value(fixed.get(job.rule, fixed.get("default", 0))))
+        estimate.bytes_written += int(value(fixed.get(estimate.startup_entry, fixed.get("default", 0))))
         return estimate
 
     # One method per rule whose cost follows from its work; the others cost their start-up.
@@ -214,6 +219,11 @@ class CostModel:
         kept = (params.kept_neighbors + 1) * 12  # float64 distance and int32 index per neighbour
         return Estimate(job, self.device(job), self.startup("analyze_layers"), host, 0,
                         n * kept * (last - first + 1), flops=work, variable_s=variable, rate_keys=(key, point_key))
+
+    def _generate_dataset(self, job: Job) -> Estimate:
+        """Each generator is a program of its own: its start-up and work are its own constant."""
+        key = f"generate_dataset.{self.config['dataset']['generate']['kind']}"
+        return Estimate(job, "cpu", self.startup(key), memory.PROCESS_BASELINE_MB, 0, 0, startup_key=key)
 
     def _import_model(self, job: Job) -> Estimate:
         arch = self.architecture(job.wildcards["model"])
