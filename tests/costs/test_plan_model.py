@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from repgeom.costs import calibrate, flops
 from repgeom.costs.architecture import Architecture, model_architecture
 from repgeom.costs.dag import Job, parse_dry_run, with_finetuned_conditions
-from repgeom.costs.estimate import Estimate, load_constants
+from repgeom.costs.estimate import Estimate, load_constants, per_rule
 from repgeom.costs.schedule import Cluster, list_schedule, misfits
 from repgeom.errors import InputError
 
@@ -161,19 +161,19 @@ def estimate(jobid, rule, fixed, variable, key=("devices", "cpu", "knn_flops_per
 def test_calibration_fits_start_up_and_rates_to_measured_times():
     constants = load_constants()
     old_rate = constants["devices"]["cpu"]["knn_flops_per_s"]["value"]
-    startup = calibrate.startup_of(constants, "analyze_layers")
+    startup = per_rule(constants, "startup_s", "analyze_layers")
     # Measured: 3 s start-up and twice the planned work time; 40 bytes more than planned per job.
     variable = np.array([10.0, 20.0, 40.0])
     estimates = [estimate(str(i), "analyze_layers", startup, v) for i, v in enumerate(variable)]
-    measured = {str(i): calibrate.Measured(3.0 + 2 * v, 140, 0) for i, v in enumerate(variable)}
+    measured = {str(i): calibrate.Measured(3.0 + 2 * v, 140) for i, v in enumerate(variable)}
     fitted = calibrate.fit_constants(constants, estimates, measured, "test")
     assert fitted["devices"]["cpu"]["knn_flops_per_s"]["value"] == pytest.approx(old_rate / 2, rel=1e-3)
     assert fitted["startup_s"]["analyze_layers"]["value"] == pytest.approx(3.0, abs=0.01)
     assert fitted["fixed_bytes"]["analyze_layers"]["value"] == 40
     # Start-up dominated: the rate is left as it was.
     key = ("devices", "cpu", "forward_flops_per_s", "float32")
-    small = [estimate("s", "prompts", calibrate.startup_of(constants, "prompts"), 0.01, key)]
-    refit = calibrate.fit_constants(constants, small, {"s": calibrate.Measured(4.0, 100, 0)}, "test")
+    small = [estimate("s", "prompts", per_rule(constants, "startup_s", "prompts"), 0.01, key)]
+    refit = calibrate.fit_constants(constants, small, {"s": calibrate.Measured(4.0, 100)}, "test")
     assert refit["devices"]["cpu"]["forward_flops_per_s"] == constants["devices"]["cpu"]["forward_flops_per_s"]
     assert refit["startup_s"]["prompts"]["value"] == pytest.approx(4.0 - 0.01, abs=0.01)
 

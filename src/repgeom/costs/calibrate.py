@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from repgeom.costs.dag import Job
-from repgeom.costs.estimate import Estimate
+from repgeom.costs.estimate import Estimate, per_rule, value
 from repgeom.errors import InputError
 
 # Below this share of a rule's measured time, its variable part is not fitted (start-up dominates).
@@ -29,15 +29,14 @@ MIN_VARIABLE_SHARE = 0.3
 class Measured:
     seconds: float
     bytes_written: int
-    max_rss_mb: float
 
 
-def benchmark_seconds(path: str | Path) -> tuple[float, float]:
-    """Wall seconds and peak resident MB of a Snakemake benchmark file (its last repeat)."""
+def benchmark_seconds(path: str | Path) -> float:
+    """Wall seconds of a Snakemake benchmark file (its last repeat)."""
     try:
         with open(path, newline="") as handle:
             rows = list(csv.DictReader(handle, delimiter="\t"))
-        return float(rows[-1]["s"]), float(rows[-1]["max_rss"])
+        return float(rows[-1]["s"])
     except (OSError, KeyError, IndexError, ValueError) as err:
         raise InputError(f"benchmark file {path}: not a Snakemake benchmark table ({err})") from None
 
@@ -66,8 +65,8 @@ def measure(estimates: Sequence[Estimate], results_dir: str | Path) -> dict[str,
     for estimate in estimates:
         job = estimate.job
         if job.benchmark and Path(job.benchmark).is_file():
-            seconds, rss = benchmark_seconds(job.benchmark)
-            measured[job.jobid] = Measured(seconds, sum(map(path_bytes, written_paths(job, results_dir))), rss)
+            measured[job.jobid] = Measured(benchmark_seconds(job.benchmark),
+                                           sum(map(path_bytes, written_paths(job, results_dir))))
     if not measured:
         raise InputError("no benchmark file of the planned jobs exists: is this a finished run's results folder?")
     return measured
@@ -91,14 +90,14 @@ def fit_constants(constants: Mapping, estimates: Sequence[Estimate], measured: M
             continue
         times = np.array([measured[e.job.jobid].seconds for e in group])
         variable = np.array([e.variable_s for e in group])
-        fixed_less_startup = np.array([e.fixed_s for e in group]) - startup_of(constants, rule)
+        startup = per_rule(constants, "startup_s", rule)
+        fixed_less_startup = np.array([e.fixed_s for e in group]) - startup
         scale = 1.0
         if variable.sum() >= MIN_VARIABLE_SHARE * times.sum():
             if len(group) > 2 and np.ptp(variable) > 0.2 * variable.mean():
                 slope, _ = np.polyfit(variable, times, 1)
                 scale = max(float(slope), 1e-3)
             else:
-                startup = startup_of(constants, rule)
                 scale = float(np.median((times - fixed_less_startup - startup) / np.maximum(variable, 1e-9)))
                 scale = max(scale, 1e-3)
             for key in {key for e in group for key in e.rate_keys}:
@@ -107,29 +106,16 @@ def fit_constants(constants: Mapping, estimates: Sequence[Estimate], measured: M
         fitted["startup_s"][rule] = {"value": round(max(startup, 0.1), 3),
                                      "source": f"calibrated: {source}, {len(group)} {rule} job(s)"}
         # Bytes: what the plan does not model (tables, logs, figures, metadata) is a fixed amount per job.
-        unmodelled = [measured[e.job.jobid].bytes_written - (e.bytes_written - fixed_bytes_of(constants, rule))
-                      for e in group]
+        modelled = [e.bytes_written - per_rule(constants, "fixed_bytes", rule) for e in group]
+        unmodelled = [measured[e.job.jobid].bytes_written - bytes_ for e, bytes_ in zip(group, modelled)]
         fitted.setdefault("fixed_bytes", {})[rule] = {"value": max(int(np.median(unmodelled)), 0),
                                                       "source": f"calibrated: {source}, {len(group)} {rule} job(s)"}
     for key, found in scales.items():
         node = functools.reduce(lambda n, k: n[k], key[:-1], fitted)
-        old = node[key[-1]]
         # A time `scale` times the plan's means a rate 1/scale as high (every constant here is a rate).
-        rate = float(old["value"] if isinstance(old, Mapping) else old) / np.median(found)
+        rate = value(node[key[-1]]) / np.median(found)
         node[key[-1]] = {"value": float(f"{rate:.4g}"), "source": f"calibrated: {source}"}
     return fitted
-
-
-def fixed_bytes_of(constants: Mapping, rule: str) -> int:
-    table = constants.get("fixed_bytes", {})
-    entry = table.get(rule, table.get("default", 0))
-    return int(entry["value"] if isinstance(entry, Mapping) else entry)
-
-
-def startup_of(constants: Mapping, rule: str) -> float:
-    table = constants["startup_s"]
-    entry = table.get(rule, table["default"])
-    return float(entry["value"] if isinstance(entry, Mapping) else entry)
 
 
 def comparison_rows(estimates: Sequence[Estimate], measured: Mapping[str, Measured]) -> list[dict]:

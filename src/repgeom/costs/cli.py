@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from repgeom.conditions import parse_condition
 from repgeom.costs import calibrate
 from repgeom.costs.dag import dry_run, local_rules, parse_dry_run, with_finetuned_conditions
 from repgeom.costs.estimate import CostModel, Estimate, PlanError, load_constants
@@ -67,7 +68,7 @@ def planned_jobs(config: Mapping, model: CostModel, forceall: bool):
         config_file.write_text(yaml.safe_dump(dict(config)))
         jobs = parse_dry_run(dry_run(config_file, forceall=forceall), local_rules())
     finetuned = finetuned_steps(config, model.workload.finetune_rows)
-    return with_finetuned_conditions(jobs, {c: c.split("-")[1] for c in finetuned})
+    return with_finetuned_conditions(jobs, {c: parse_condition(c).method for c in finetuned})
 
 
 def estimates_for(config: Mapping, constants: Mapping, gpu: str, forceall: bool) -> list[Estimate]:

@@ -49,6 +49,12 @@ def value(entry) -> float:
     return float(entry["value"] if isinstance(entry, Mapping) else entry)
 
 
+def per_rule(constants: Mapping, table: str, key: str) -> float:
+    """A per-rule constant (`startup_s`, `fixed_bytes`): the rule's entry, else the table's `default` (else 0)."""
+    entries = constants.get(table, {})
+    return value(entries.get(key, entries.get("default", 0)))
+
+
 @dataclass
 class Estimate:
     job: Job
@@ -115,8 +121,7 @@ class CostModel:
         return base * job.gpus ** value(self.constants["scaling"][parallel])
 
     def startup(self, rule: str) -> float:
-        table = self.constants["startup_s"]
-        return value(table.get(rule, table["default"]))
+        return per_rule(self.constants, "startup_s", rule)
 
     def model_dtype(self, section: str, job: Job) -> str:
         name = self.config[section].get("model_dtype", "auto")
@@ -144,8 +149,7 @@ class CostModel:
             estimate = Estimate(job, self.device(job), self.startup(job.rule), memory.PROCESS_BASELINE_MB, 0, 0)
         else:
             estimate = method(job)
-        fixed = self.constants.get("fixed_bytes", {})
-        estimate.bytes_written += int(value(fixed.get(estimate.startup_entry, fixed.get("default", 0))))
+        estimate.bytes_written += int(per_rule(self.constants, "fixed_bytes", estimate.startup_entry))
         return estimate
 
     # One method per rule whose cost follows from its work; the others cost their start-up.

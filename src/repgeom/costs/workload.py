@@ -21,6 +21,7 @@ import pandas as pd
 
 from repgeom.conditions import parse_condition
 from repgeom.workflow.dataset import dataset_spec, generated_subjects
+from repgeom.workflow.plan import prompts_condition
 from repgeom.workflow.resources import MMLU_SUBJECTS, MMLU_TEST_ROWS
 
 # Prompts of a condition built and tokenised when only the dataset exists: enough for the mean and the longest
@@ -107,12 +108,15 @@ class Workload:
             return np.array([1 + round(len(text) / self.shape["chars_per_token"]) for text in texts]), False
         return np.array([len(ids) for ids in tokenizer(texts)["input_ids"]]), True
 
-    @functools.cache
     def prompt_lengths(self, model: str, condition: str) -> Lengths:
-        """Token counts of a condition's prompts (a fine-tuned condition reads the 0-shot prompts)."""
+        """Token counts of a condition's prompts: a fine-tuned condition's are the 0-shot ones, counted once."""
+        return self.prompts_lengths(model, prompts_condition(condition))
+
+    @functools.cache
+    def prompts_lengths(self, model: str, condition: str) -> Lengths:
+        """Token counts of the prompts of a condition that has prompts of its own (k-shot, or a control)."""
         parsed = parse_condition(condition)
-        read = "0shot" if parsed.is_finetuned else condition
-        path = self.results / "prompts" / model / f"{read}.parquet"
+        path = self.results / "prompts" / model / f"{condition}.parquet"
         if path.is_file():
             frame = pd.read_parquet(path, columns=["prompt", "n_tokens"])
             return Lengths(frame["n_tokens"].to_numpy(), True, self.shared_prefixes(model, frame["prompt"].tolist()))
@@ -127,8 +131,8 @@ class Workload:
         header, block = self.shape["header_tokens"], self.shape["block_tokens"]
         length = min(int(round(header + (parsed.shots + 1) * block)), max_length)
         # A base k-shot condition's prompts of one subject share their header and shots (the controls reorder or
-        # relabel shots per prompt, and a fine-tuned condition's 0-shot header is short).
-        prefix = int(header + parsed.shots * block) if parsed.variant is None and not parsed.is_finetuned else 0
+        # relabel shots per prompt).
+        prefix = int(header + parsed.shots * block) if parsed.variant is None else 0
         rows, subjects = self.analysis_rows(), self.subjects()
         shared = ((prefix, rows // subjects),) * subjects if prefix >= self.min_shared_prefix() else ()
         return Lengths(np.full(rows, length), False, shared)
